@@ -1,0 +1,172 @@
+"""The building blocks of ResNet9: one batch-norm site, a conv block and a residual pair.
+
+Every BN site of the network is a :class:`GhostBNAct`, a thin module around the fused op
+:func:`kernels.ghost_bn_act` (``[2×2 max-pool →] ghost batch norm [frozen scale] →
+activation``). The recipe's BN tricks are its options:
+
+* **ghost BN** — ``splits``: the batch is normalised in ``splits`` groups of consecutive
+  images (32 images each in the final recipe); ``splits=1`` is plain batch norm.
+* **frozen BN scales** — ``learnable_scale=False``: no ``weight`` parameter, the scale is 1.
+* **max-pool before BN** — ``pool=True``: the 2×2 max-pool is fused into the op, before
+  the statistics are taken.
+* **CELU** — ``act="celu"`` with ``alpha`` (0.3 in the final recipe), or ``"relu"``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels import ghost_bn_act
+
+__all__ = ["MODEL_BACKENDS", "GhostBNAct", "ConvBlock", "Residual", "op_backend"]
+
+#: Backends a model can be built for. ``"compile"`` means the *trainer* wraps the whole model
+#: in ``torch.compile``; inside the module it runs the op's plain-PyTorch reference.
+MODEL_BACKENDS = ("eager", "compile", "triton")
+
+
+def op_backend(model_backend: str) -> str:
+    """The :func:`kernels.ghost_bn_act` backend that a model-level backend runs at each site.
+
+    ``"eager"`` and ``"compile"`` both map to the op's ``"eager"`` reference: under
+    ``"compile"`` the trainer compiles the whole model, so the compiler must see plain
+    PyTorch ops rather than a separately compiled graph per BN site. ``"triton"`` maps to the
+    fused Triton kernels.
+    """
+    if model_backend not in MODEL_BACKENDS:
+        raise ValueError(f"unknown model backend {model_backend!r}: choose one of "
+                         f"{', '.join(MODEL_BACKENDS)} (resolve 'auto' before building the model)")
+    return "triton" if model_backend == "triton" else "eager"
+
+
+class GhostBNAct(nn.Module):
+    """One batch-norm site: ``[2×2 max-pool →] ghost BN [frozen scale] → activation``.
+
+    Parameters and buffers (all float32, shape (C,), kept in float32 even when the convs
+    run in fp16 — "fp16 everywhere except BN"):
+      * ``bias`` — learnable shift, initialised to 0;
+      * ``weight`` — learnable scale initialised to 1, or ``None`` when the scale is frozen
+        at 1 (``learnable_scale=False``);
+      * ``running_mean`` (zeros) and ``running_var`` (ones) buffers. In training they are
+        updated with the per-split statistics averaged over the splits, which equals the
+        seed's per-split buffers averaged when switching to eval.
+
+    ``splits`` applies in training only; eval always normalises with the running stats.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        splits: int = 1,
+        pool: bool = False,
+        act: str | None = "celu",
+        alpha: float = 0.3,
+        learnable_scale: bool = True,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        backend: str = "eager",
+    ) -> None:
+        super().__init__()
+        if act not in ("celu", "relu", None):
+            raise ValueError(f"act must be 'celu', 'relu' or None; got {act!r}")
+        self.channels = channels
+        self.splits = splits
+        self.pool = pool
+        self.act = act
+        self.alpha = alpha
+        self.eps = eps
+        self.momentum = momentum
+        self.backend = backend
+        op_backend(backend)  # validate early, with the clear message
+        self.bias = nn.Parameter(torch.zeros(channels))
+        if learnable_scale:
+            self.weight: nn.Parameter | None = nn.Parameter(torch.ones(channels))
+        else:
+            # Frozen scale: no parameter at all, so no optimizer, EMA or weight decay sees it.
+            self.register_parameter("weight", None)
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    @property
+    def learnable_scale(self) -> bool:
+        return self.weight is not None
+
+    def reset_running_stats(self) -> None:
+        """Running mean 0 and running variance 1, as at construction."""
+        with torch.no_grad():
+            self.running_mean.zero_()
+            self.running_var.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` float32/float16/bfloat16 (B, C, H, W), contiguous or channels_last.
+
+        Returns ``x``'s dtype and memory format, (B, C, H/2, W/2) with ``pool`` else
+        (B, C, H, W). In training B must be a multiple of ``splits``.
+        """
+        return ghost_bn_act(
+            x, self.bias, self.running_mean, self.running_var,
+            weight=self.weight,
+            splits=self.splits if self.training else 1,
+            pool=self.pool, act=self.act, alpha=self.alpha,
+            eps=self.eps, momentum=self.momentum,
+            training=self.training, backend=op_backend(self.backend),
+        )
+
+    def extra_repr(self) -> str:
+        scale = "learnable" if self.learnable_scale else "frozen=1"
+        return (f"{self.channels}, splits={self.splits}, pool={self.pool}, act={self.act}, "
+                f"alpha={self.alpha}, scale={scale}, eps={self.eps}, momentum={self.momentum}, "
+                f"backend={self.backend!r}")
+
+
+class ConvBlock(nn.Module):
+    """Conv (no bias) → BN → activation, with an optional 2×2 max-pool.
+
+    ``pool="before_bn"`` — the seed's **max-pool before BN**: conv → pool → BN → act, the
+    pool fused into the BN op (BN and the activation then touch 4× fewer pixels).
+    ``pool="after_bn"`` — the earlier baseline: conv → BN → act → pool.
+    ``pool=None`` — no pooling.
+    """
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        *,
+        kernel_size: int = 3,
+        pool: str | None = None,
+        **bn_options,
+    ) -> None:
+        super().__init__()
+        if pool not in (None, "before_bn", "after_bn"):
+            raise ValueError(f"pool must be None, 'before_bn' or 'after_bn'; got {pool!r}")
+        self.pool = pool
+        # PyTorch's default (Kaiming-uniform) initialisation, as the seed used.
+        self.conv = nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2, bias=False)
+        self.bn = GhostBNAct(c_out, pool=(pool == "before_bn"), **bn_options)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, c_in, H, W) → (B, c_out, H/2, W/2) when pooling, else (B, c_out, H, W)."""
+        y = self.bn(self.conv(x))
+        if self.pool == "after_bn":
+            y = F.max_pool2d(y, 2)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"pool={self.pool}"
+
+
+class Residual(nn.Module):
+    """The residual pair: ``out = x + block2(block1(x))``, two 3×3 ConvBlocks at ``channels``."""
+
+    def __init__(self, channels: int, **bn_options) -> None:
+        super().__init__()
+        self.block1 = ConvBlock(channels, channels, **bn_options)
+        self.block2 = ConvBlock(channels, channels, **bn_options)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, C, H, W) → (B, C, H, W)."""
+        return x + self.block2(self.block1(x))

@@ -1,0 +1,61 @@
+"""Shuffled, augmented training batches drawn from a data set that lives on the device.
+
+Every epoch: one permutation and one set of per-image augmentation choices for the whole
+epoch (a handful of kernel launches instead of several per batch), then one
+``kernels.augment`` launch per batch that gathers, crops, flips, cuts out, normalises and
+casts. Nothing leaves the device and nothing waits for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+import kernels
+
+
+class AugmentedBatches:
+    """Iterable over one epoch of ``(inputs, labels)`` batches; drop-last, so every batch has
+    ``batch_size`` images and shapes stay static (CUDA graphs, torch.compile).
+
+    Args:
+        images: uint8 (N, 3, H, W), contiguous, on the training device.
+        labels: int64 (N,), same device.
+        batch_size, pad, flip, cutout: the recipe's augmentation settings.
+        mean, std: per-channel normalisation on the 0–255 scale.
+        dtype: the network's input dtype.
+        backend: the ``kernels.augment`` backend ("eager", "compile", "triton").
+        generator: the run's random stream, on the data's device.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
+                 pad: int, flip: bool, cutout: int, mean: Sequence[float],
+                 std: Sequence[float], dtype: torch.dtype, backend: str,
+                 generator: torch.Generator) -> None:
+        if images.shape[0] < batch_size:
+            raise ValueError(f"{images.shape[0]} training images do not fill one batch of "
+                             f"{batch_size}")
+        self.images, self.labels = images, labels
+        self.batch_size, self.pad, self.flip, self.cutout = batch_size, pad, flip, cutout
+        self.mean, self.std, self.dtype = tuple(mean), tuple(std), dtype
+        self.backend, self.generator = backend, generator
+
+    def __len__(self) -> int:
+        return self.images.shape[0] // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        count, device = self.images.shape[0], self.images.device
+        order = torch.randperm(count, device=device, generator=self.generator)
+        crop, flip, cutout = kernels.random_augment_params(
+            count, pad=self.pad, cutout_size=self.cutout, height=self.images.shape[2],
+            width=self.images.shape[3], flip=self.flip, device=device,
+            generator=self.generator)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            batch = slice(start, start + self.batch_size)
+            indices = order[batch]
+            inputs = kernels.augment(
+                self.images, indices, crop[batch], flip[batch], cutout[batch],
+                cutout_size=self.cutout, pad=self.pad, mean=self.mean, std=self.std,
+                out_dtype=self.dtype, backend=self.backend, validate=False)
+            yield inputs, self.labels[indices]

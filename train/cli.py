@@ -1,0 +1,180 @@
+"""``python -m train``: the command line of the trainer.
+
+Flags are parsed before ``kernels`` is imported, because running the Triton kernels on the
+CPU (``--backend triton --device cpu``) needs ``TRITON_INTERPRET=1`` set before that import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from train.config import (BACKEND_CHOICES, CPU_QUICK_OVERRIDES, PRECISION_CHOICES, ConfigError,
+                          TrainConfig)
+
+EXIT_OK, EXIT_USAGE, EXIT_DATA, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage dump) and exits with 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"error: {message} (see python -m train --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _flag(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on/off, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Every config flag defaults to SUPPRESS, so the namespace holds only what the user
+    # typed: that is how the CPU-sized configuration fills in only what was not asked for.
+    p = _Parser(
+        prog="python -m train",
+        description="Train ResNet9 on CIFAR-10 with the 'bag of tricks' recipe (94%% in "
+                    "10 epochs). Without a GPU it runs a CPU-sized configuration unless "
+                    "--full is given.",
+        argument_default=argparse.SUPPRESS)
+    add = p.add_argument
+    g = p.add_argument_group("data")
+    g.add_argument("--data-dir", help="folder with cifar-10-binary.tar.gz or "
+                   "cifar-10-batches-bin/ (default: $CIFAR10_DIR, else a per-user cache)")
+    g.add_argument("--train-subset", type=_positive_int, metavar="N",
+                   help="train on the first N training images")
+    g.add_argument("--test-subset", type=_positive_int, metavar="N",
+                   help="evaluate on the first N test images")
+    g.add_argument("--no-download", dest="download", action="store_false",
+                   help="never download the data set")
+    g = p.add_argument_group("recipe")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float, help="peak of the schedule (default 1.0)")
+    g.add_argument("--width", type=float, help="channel multiplier (0.25 → 16/32/64/128)")
+    g.add_argument("--cutout", type=int, metavar="SIZE", help="cutout square side; 0 = off")
+    g.add_argument("--no-tta", dest="tta", action="store_false",
+                   help="evaluate without flip test-time augmentation")
+    g.add_argument("--activation", choices=("celu", "relu"))
+    g.add_argument("--celu-alpha", type=float)
+    g.add_argument("--ghost-batch", type=int, metavar="N",
+                   help="images per ghost-BN split (default 32); 0 = plain batch norm")
+    g.add_argument("--frozen-bn-scale", type=_flag, metavar="on|off")
+    g.add_argument("--pool-before-bn", type=_flag, metavar="on|off")
+    g.add_argument("--whitening", type=_flag, metavar="on|off")
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--ema", type=_flag, metavar="on|off")
+    g.add_argument("--eval-every", type=int, metavar="K",
+                   help="evaluate every K epochs; 0 = last epoch only "
+                        "(default: 1 on a GPU, 0 on the CPU)")
+    g = p.add_argument_group("run")
+    g.add_argument("--runs", type=int, help="independent runs (mean ± std over them)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--backend", choices=BACKEND_CHOICES,
+                   help="eager | compile (torch.compile) | triton (fused kernels) | auto")
+    g.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--precision", choices=PRECISION_CHOICES)
+    g.add_argument("--warmup-steps", type=int, help="throwaway steps before the clock")
+    g.add_argument("--json", metavar="PATH", help="write every figure and the config here")
+    add("--full", action="store_true",
+        help="on a CPU, run the full recipe anyway (hours) instead of the CPU-sized one")
+    return p
+
+
+def config_from_args(args: argparse.Namespace, *, has_gpu: bool) -> tuple[TrainConfig, str | None]:
+    """The validated config, and a note when the CPU-sized configuration was applied."""
+    given: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "full"}
+    note = None
+    device = given.get("device", "auto")
+    on_cpu = device == "cpu" or (device == "auto" and not has_gpu)
+    if on_cpu and not getattr(args, "full", False):
+        filled = {k: v for k, v in CPU_QUICK_OVERRIDES.items() if k not in given}
+        if filled:
+            given = {**filled, **given}
+            shown = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in filled.items())
+            note = (f"No GPU in use: running the CPU-sized configuration ({shown}); the full "
+                    "recipe takes hours on a CPU: add --full to run it anyway.")
+    config = TrainConfig()
+    return config.replace(**given), note
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "backend", None) == "triton" and getattr(args, "device", "auto") == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")   # must precede importing kernels
+
+    import torch  # noqa: F401  (heavy imports after argument errors are reported)
+
+    has_gpu = torch.cuda.is_available()
+    try:
+        config, note = config_from_args(args, has_gpu=has_gpu)
+    except ConfigError as error:
+        return _fail(EXIT_USAGE, str(error))
+    if note:
+        print(note, flush=True)
+    return run(config)
+
+
+def run(config: TrainConfig) -> int:
+    """Load the data, train ``config.runs`` runs, print the table and summary."""
+    import warnings
+
+    from train.data import DataError, load_cifar10
+    from train.report import format_header, format_summary, write_json
+    from train.runtime import resolve_runtime
+    from train.trainer import Trainer, TrainingDiverged
+
+    try:
+        runtime = resolve_runtime(config)
+    except ConfigError as error:
+        return _fail(EXIT_USAGE, str(error))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data = load_cifar10(config.data_dir, download=config.download)
+        for warning in caught:
+            print(f"note: {warning.message}", flush=True)
+        data = data.subset(config.train_subset, config.test_subset)
+    except DataError as error:
+        return _fail(EXIT_DATA, str(error))
+
+    print(f"device: {runtime.device_name} | backend {runtime.backend} | "
+          f"{str(runtime.dtype).replace('torch.', '')} | {data.train_images.shape[0]} train / "
+          f"{data.test_images.shape[0]} test images | width {config.width} | batch "
+          f"{config.batch_size} | {config.epochs} epochs", flush=True)
+    results = []
+    try:
+        trainer = Trainer(config, runtime, data, log=lambda line: print(line, flush=True))
+        print(f"warm-up (compile, autotune; not timed): {trainer.warmup_time:.1f} s", flush=True)
+        for index in range(config.runs):
+            if config.runs > 1:
+                print(f"run {index + 1}/{config.runs} (seed {config.seed + index})")
+            print(format_header(), flush=True)
+            results.append(trainer.run(config.seed + index))
+    except TrainingDiverged as error:
+        return _fail(EXIT_DIVERGED, str(error))
+    except KeyboardInterrupt:
+        return _fail(EXIT_INTERRUPTED, "interrupted")
+    print(format_summary(results, trainer.warmup_time), flush=True)
+    if config.json:
+        write_json(config.json, config, runtime, results, trainer.warmup_time)
+        print(f"wrote {config.json}")
+    return EXIT_OK
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return code

@@ -1,0 +1,65 @@
+"""Test-set evaluation, with left-right flip test-time augmentation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import kernels
+from train.loss import label_smoothing_loss
+
+
+@dataclass
+class Evaluation:
+    """Summed loss and correct count over the test set, still on the device."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    count: int
+
+    def read(self) -> tuple[float, float]:
+        """(mean loss, accuracy): one device sync."""
+        return self.loss_sum.item() / self.count, self.correct.item() / self.count
+
+
+def tta_logits(model: nn.Module, inputs: torch.Tensor, flipped: torch.Tensor | None) -> torch.Tensor:
+    """Logits of ``inputs``, averaged with those of their mirror images when given.
+
+    ``inputs`` and ``flipped``: (B, 3, H, W) network inputs; returns float32 (B, K).
+    """
+    logits = model(inputs).float()
+    if flipped is None:
+        return logits
+    return (logits + model(flipped).float()) / 2
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, tta: bool,
+             mean: Sequence[float], std: Sequence[float], dtype: torch.dtype, backend: str,
+             batch_size: int, smoothing: float, autocast) -> Evaluation:
+    """Evaluate ``model`` (already in eval mode) on uint8 ``images`` (N, 3, H, W) and int64
+    ``labels`` (N,) on the device. The loss is the training objective (label-smoothed) per
+    image, so train and test losses compare directly."""
+    count = images.shape[0]
+    device = images.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    for start in range(0, count, batch_size):
+        indices = torch.arange(start, min(start + batch_size, count), device=device)
+        n = indices.shape[0]
+        no_crop = torch.zeros(n, 2, dtype=torch.int64, device=device)
+        no_flip = torch.zeros(n, dtype=torch.bool, device=device)
+        common = dict(cutout_size=0, pad=0, mean=mean, std=std, out_dtype=dtype,
+                      backend=backend, validate=False)
+        inputs = kernels.augment(images, indices, no_crop, no_flip, no_crop, **common)
+        flipped = (kernels.augment(images, indices, no_crop, ~no_flip, no_crop, **common)
+                   if tta else None)
+        with autocast:
+            logits = tta_logits(model, inputs, flipped)
+        target = labels[indices]
+        loss_sum += label_smoothing_loss(logits, target, smoothing)
+        correct += (logits.argmax(dim=1) == target).sum()
+    return Evaluation(loss_sum, correct, count)

@@ -1,0 +1,139 @@
+"""What a run prints and writes: the per-epoch table, the summary over runs, the JSON file."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from train.config import TrainConfig
+from train.runtime import Runtime
+from train.trainer import EpochRow, RunResult
+
+TARGET_ACCURACY = 0.94
+
+_COLUMNS = ("epoch", "lr", "train loss", "train acc", "test loss", "test acc", "epoch s",
+            "total s")
+_WIDTHS = (5, 8, 10, 9, 9, 8, 8, 8)
+
+TIME_INCLUDES = ("data to device, whitening filters, all training steps (augmentation "
+                 "included)")
+TIME_EXCLUDES = "compile/autotune warm-up (reported separately), evaluation"
+
+
+def format_header() -> str:
+    return "  ".join(name.rjust(width) for name, width in zip(_COLUMNS, _WIDTHS))
+
+
+def format_row(row: EpochRow) -> str:
+    def maybe(value: float | None, fmt: str) -> str:
+        return "" if value is None else format(value, fmt)
+
+    cells = (str(row.epoch), f"{row.lr:.4f}", f"{row.train_loss:.4f}", f"{row.train_acc:.4f}",
+             maybe(row.test_loss, ".4f"), maybe(row.test_acc, ".4f"), f"{row.epoch_time:.2f}",
+             f"{row.total_time:.2f}")
+    return "  ".join(cell.rjust(width) for cell, width in zip(cells, _WIDTHS))
+
+
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def summarize_runs(results: Sequence[RunResult]) -> dict[str, Any]:
+    """Accuracy and time statistics over runs (mean, sample std, min, max), and how many
+    runs reached 94%."""
+    accuracies = [r.test_acc for r in results]
+    times = [r.train_time for r in results]
+    return {
+        "runs": len(results),
+        "test_acc": _spread(accuracies),
+        "train_time": _spread(times),
+        "reached_94": sum(a >= TARGET_ACCURACY for a in accuracies),
+    }
+
+
+def format_summary(results: Sequence[RunResult], warmup_time: float) -> str:
+    s = summarize_runs(results)
+    acc, sec = s["test_acc"], s["train_time"]
+    lines = []
+    if len(results) == 1:
+        lines.append(f"test accuracy {acc['mean']:.4f} in {sec['mean']:.2f} s of training")
+    else:
+        lines.append(f"test accuracy {acc['mean']:.4f} ± {acc['std']:.4f} (std over "
+                     f"{len(results)} runs; min {acc['min']:.4f}, max {acc['max']:.4f}); "
+                     f"{s['reached_94']}/{len(results)} runs reached 94%")
+        lines.append(f"time {sec['mean']:.2f} ± {sec['std']:.2f} s (min {sec['min']:.2f}, "
+                     f"max {sec['max']:.2f})")
+    lines.append(f"time includes: {TIME_INCLUDES}")
+    lines.append(f"time excludes: {TIME_EXCLUDES}; warm-up took {warmup_time:.1f} s once")
+    return "\n".join(lines)
+
+
+def environment(runtime: Runtime) -> dict[str, Any]:
+    """Device name and versions, for the JSON record."""
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "device": runtime.device_name,
+        "device_type": runtime.device.type,
+        "backend": runtime.backend,
+        "dtype": str(runtime.dtype).replace("torch.", ""),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+        "triton_interpreter": os.environ.get("TRITON_INTERPRET") == "1",
+        "argv": sys.argv,
+    }
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str | os.PathLike, config: TrainConfig, runtime: Runtime,
+               results: Sequence[RunResult], warmup_time: float) -> None:
+    """Everything about the runs in one JSON file, written atomically."""
+    record = {
+        "config": config.to_dict(),
+        "environment": environment(runtime),
+        "time_includes": TIME_INCLUDES,
+        "time_excludes": TIME_EXCLUDES,
+        "warmup_time": warmup_time,
+        "summary": summarize_runs(results),
+        "runs": [
+            {"seed": r.seed, "test_acc": r.test_acc, "test_loss": r.test_loss,
+             "train_time": r.train_time, "setup_time": r.setup_time,
+             "eval_time": r.eval_time, "epochs": [asdict(row) for row in r.rows]}
+            for r in results
+        ],
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False,
+                                     suffix=".tmp") as handle:
+        json.dump(record, handle, indent=2, default=_finite_or_none)
+        temporary = handle.name
+    os.replace(temporary, path)

@@ -1,0 +1,64 @@
+"""One optimisation step of the recipe: forward, summed label-smoothed loss, backward,
+Nesterov SGD at the scheduled rate, and the periodic weight-average update."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from train.config import TrainConfig
+from train.ema import WeightAverage
+from train.loss import label_smoothing_loss
+from train.optim import make_optimizer, set_learning_rate
+from train.runtime import Runtime
+from train.schedule import learning_rate, recipe_schedule
+
+
+class TrainStep:
+    """Callable ``step(inputs, labels) -> (loss_sum, correct)`` holding the optimiser state.
+
+    ``forward`` is the model or its ``torch.compile``d wrapper (same parameters). The returned
+    tensors stay on the device: the caller accumulates them and reads them once per epoch, so
+    the step loop never waits for the GPU.
+    """
+
+    def __init__(self, model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
+                 config: TrainConfig, runtime: Runtime, steps_per_epoch: int) -> None:
+        self.model, self.forward, self.runtime = model, forward, runtime
+        self.optimizer = make_optimizer(model, config)
+        self.schedule = recipe_schedule(config)
+        self.steps_per_epoch = steps_per_epoch
+        self.batch_size = config.batch_size
+        self.smoothing = config.label_smoothing
+        self.ema_every = config.ema_every
+        self.ema = (WeightAverage(model, config.ema_momentum ** config.ema_every)
+                    if config.ema else None)
+        self.steps = 0
+        # Index of the first step whose loss was not finite (-1: none). Kept on the device
+        # so that detecting divergence costs no sync per step.
+        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=runtime.device)
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next step will use (per example)."""
+        return learning_rate(self.schedule, self.steps, self.steps_per_epoch, self.batch_size)
+
+    def __call__(self, inputs: torch.Tensor, labels: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``inputs`` (B, 3, H, W) in the run's dtype, ``labels`` int64 (B,); returns the
+        float32 summed loss and the int64 count of correct predictions (device scalars)."""
+        set_learning_rate(self.optimizer, self.lr)
+        with self.runtime.autocast():
+            logits = self.forward(inputs)
+        loss = label_smoothing_loss(logits, labels, self.smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(bad, self.steps, self.first_bad_step)
+        self.steps += 1
+        if self.ema is not None and self.steps % self.ema_every == 0:
+            self.ema.update()
+        return loss.detach(), (logits.detach().argmax(dim=1) == labels).sum()

@@ -1,0 +1,238 @@
+"""The recipe, top to bottom: data on the device, whitening, model, epochs of SGD, evaluation.
+
+A :class:`Trainer` is built once per process: it builds (and, for ``compile``, compiles)
+the model, warms everything up on throwaway data before any clock starts, and then runs as
+many independent training runs as asked, each from a fresh initialisation and seed, without
+recompiling.
+
+What a run's time includes, as the seed counted it: moving the data set to the device,
+computing the whitening filters, and every training step (augmentation included). What it
+excludes: the one-off compile/autotune warm-up (reported separately) and evaluation.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from model.resnet9 import ResNet9, ResNet9Config
+from model.whitening import whitening_filters_from_data
+from train.batches import AugmentedBatches
+from train.config import CIFAR10_MEAN, CIFAR10_STD, TrainConfig
+from train.data import Cifar10
+from train.evaluate import evaluate
+from train.runtime import Runtime
+from train.step import TrainStep
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the likely cause."""
+
+
+@dataclass
+class EpochRow:
+    """One line of the training table. Test values are None in epochs not evaluated."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    train_acc: float
+    test_loss: float | None
+    test_acc: float | None
+    epoch_time: float
+    total_time: float
+
+
+@dataclass
+class RunResult:
+    seed: int
+    rows: list[EpochRow] = field(default_factory=list)
+    setup_time: float = 0.0          # data to device + whitening (inside total time)
+    train_time: float = 0.0          # the headline: setup + all training steps
+    eval_time: float = 0.0           # excluded from train_time
+
+    @property
+    def test_acc(self) -> float:
+        return self.rows[-1].test_acc
+
+    @property
+    def test_loss(self) -> float:
+        return self.rows[-1].test_loss
+
+
+def model_config(config: TrainConfig, backend: str) -> ResNet9Config:
+    """The network the training configuration asks for."""
+    return ResNet9Config(
+        width=config.width, activation=config.activation, celu_alpha=config.celu_alpha,
+        ghost_splits=config.ghost_splits, frozen_bn_scale=config.frozen_bn_scale,
+        pool_before_bn=config.pool_before_bn, whitening=config.whitening,
+        output_scale=config.output_scale, backend=backend)
+
+
+def _kernel_backend(runtime: Runtime) -> str:
+    """The backend of ``kernels.augment``: the kernels with ``triton``, the reference
+    (compiled or not) otherwise."""
+    return runtime.backend
+
+
+class Trainer:
+    """Builds the model once, warms up, then trains independent runs.
+
+    Args:
+        config: the run's settings (validated).
+        runtime: resolved device, backend, dtype.
+        data: the data set on the host (uint8 images, int64 labels); subsets already taken.
+        log: where progress lines go.
+    """
+
+    def __init__(self, config: TrainConfig, runtime: Runtime, data: Cifar10,
+                 log: Callable[[str], None] = print) -> None:
+        self.config, self.runtime, self.data, self.log = config, runtime, data, log
+        self.model = self._new_model(seed=config.seed)
+        self.eval_model = copy.deepcopy(self.model).eval()
+        compile_it = runtime.backend == "compile" or (
+            runtime.backend == "triton" and runtime.device.type == "cuda")
+        self.train_forward = torch.compile(self.model) if compile_it else self.model
+        self.eval_forward = torch.compile(self.eval_model) if compile_it else self.eval_model
+        if runtime.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.warmup_time = self._warm_up()
+
+    # ------------------------------------------------------------------ building blocks
+    def _new_model(self, seed: int) -> ResNet9:
+        torch.manual_seed(seed)
+        model = ResNet9(model_config(self.config, self.runtime.backend))
+        model = model.to(self.runtime.device)
+        if self.runtime.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def _batches(self, images: torch.Tensor, labels: torch.Tensor,
+                 generator: torch.Generator) -> AugmentedBatches:
+        c = self.config
+        return AugmentedBatches(
+            images, labels, batch_size=c.batch_size, pad=c.pad, flip=c.flip, cutout=c.cutout,
+            mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=self.runtime.dtype,
+            backend=_kernel_backend(self.runtime), generator=generator)
+
+    def _set_whitening(self, images: torch.Tensor) -> None:
+        if not self.config.whitening:
+            return
+        filters, _ = whitening_filters_from_data(
+            images, CIFAR10_MEAN, CIFAR10_STD, n_images=self.config.whitening_images,
+            eps=self.config.whitening_eps)
+        self.model.set_whitening(filters)
+        self.eval_model.set_whitening(filters)
+
+    def _evaluate(self, images: torch.Tensor, labels: torch.Tensor, step: TrainStep
+                  ) -> tuple[float, float]:
+        """Test loss and accuracy of the weight average (or the weights) with flip TTA."""
+        if step.ema is not None and step.ema.updates:
+            step.ema.copy_to(self.eval_model)
+        else:
+            self.eval_model.load_state_dict(self.model.state_dict())
+        result = evaluate(
+            self.eval_forward, images, labels, tta=self.config.tta, mean=CIFAR10_MEAN,
+            std=CIFAR10_STD, dtype=self.runtime.dtype, backend=_kernel_backend(self.runtime),
+            batch_size=self.config.eval_batch_size, smoothing=self.config.label_smoothing,
+            autocast=self.runtime.autocast())
+        return result.read()
+
+    def _should_evaluate(self, epoch: int) -> bool:
+        every = self.config.eval_every
+        if every is None:
+            every = 1 if self.runtime.device.type == "cuda" else 0
+        return epoch == self.config.epochs or (every > 0 and epoch % every == 0)
+
+    # ------------------------------------------------------------------ warm-up
+    def _warm_up(self) -> float:
+        """Compile, autotune and fill caches on throwaway data with the real shapes, so that
+        no run's clock pays for them. Returns the seconds it took."""
+        if self.config.warmup_steps == 0:
+            return 0.0
+        start = time.perf_counter()
+        device, c = self.runtime.device, self.config
+        generator = torch.Generator(device=device).manual_seed(12345)
+        count = c.batch_size * c.warmup_steps
+        images = torch.randint(0, 256, (max(count, 64), 3, 32, 32), dtype=torch.uint8,
+                               device=device, generator=generator)
+        labels = torch.randint(0, 10, (images.shape[0],), device=device, generator=generator)
+        self._set_whitening(images)
+        step = TrainStep(self.model, self.train_forward, c, self.runtime, steps_per_epoch=1)
+        self.model.train()
+        for inputs, targets in self._batches(images[:count], labels[:count], generator):
+            step(inputs, targets)
+        test_count = min(c.eval_batch_size, self.data.test_images.shape[0])
+        self._evaluate(images[:test_count].repeat(test_count // images.shape[0] + 1, 1, 1, 1)
+                       [:test_count], labels.repeat(test_count // labels.shape[0] + 1)
+                       [:test_count], step)
+        self.runtime.synchronize()
+        return time.perf_counter() - start
+
+    # ------------------------------------------------------------------ one run
+    def run(self, seed: int) -> RunResult:
+        """Train from a fresh initialisation with ``seed``; log one row per epoch."""
+        c, rt = self.config, self.runtime
+        result = RunResult(seed=seed)
+        self.model.load_state_dict(self._new_model(seed).state_dict())
+        self.model.train()
+        generator = torch.Generator(device=rt.device).manual_seed(seed)
+
+        # The clock starts with the data still on the host, as the seed's did.
+        rt.synchronize()
+        clock = time.perf_counter()
+        train_images = self.data.train_images.to(rt.device, non_blocking=True)
+        train_labels = self.data.train_labels.to(rt.device, non_blocking=True)
+        test_images = self.data.test_images.to(rt.device, non_blocking=True)
+        test_labels = self.data.test_labels.to(rt.device, non_blocking=True)
+        self._set_whitening(train_images)
+        batches = self._batches(train_images, train_labels, generator)
+        step = TrainStep(self.model, self.train_forward, c, rt, steps_per_epoch=len(batches))
+        rt.synchronize()
+        result.setup_time = time.perf_counter() - clock
+        total = result.setup_time
+
+        for epoch in range(1, c.epochs + 1):
+            epoch_start = time.perf_counter()
+            lr = step.lr
+            loss_sum = torch.zeros((), device=rt.device)
+            correct = torch.zeros((), dtype=torch.int64, device=rt.device)
+            for inputs, labels in batches:
+                step_loss, step_correct = step(inputs, labels)
+                loss_sum += step_loss
+                correct += step_correct
+            seen = len(batches) * c.batch_size
+            train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen  # one sync
+            epoch_time = time.perf_counter() - epoch_start
+            total += epoch_time
+            self._check_finite(step, epoch)
+
+            test_loss = test_acc = None
+            if self._should_evaluate(epoch):      # evaluation is off the clock
+                eval_start = time.perf_counter()
+                test_loss, test_acc = self._evaluate(test_images, test_labels, step)
+                self.model.train()
+                result.eval_time += time.perf_counter() - eval_start
+            result.rows.append(EpochRow(epoch, lr * c.batch_size, train_loss, train_acc,
+                                        test_loss, test_acc, epoch_time, total))
+            self.log_row(result.rows[-1])
+        result.train_time = total
+        return result
+
+    def _check_finite(self, step: TrainStep, epoch: int) -> None:
+        bad = int(step.first_bad_step.item())
+        if bad >= 0:
+            raise TrainingDiverged(
+                f"the training loss became NaN or infinite at step {bad} (epoch {epoch}): "
+                f"the learning rate is probably too high for this setting (peak --lr "
+                f"{self.config.lr}, batch {self.config.batch_size}); lower --lr")
+
+    # ------------------------------------------------------------------ output
+    def log_row(self, row: EpochRow) -> None:
+        from train.report import format_row
+        self.log(format_row(row))
