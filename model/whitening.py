@@ -59,10 +59,15 @@ def _check_images(images: torch.Tensor, patch_size: int) -> None:
 
 
 def _chunk_second_moment(chunk: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """XᵀX of every patch of ``chunk`` (n, C, H, W) float64: float64 (C·k², C·k²)."""
-    patches = F.unfold(chunk, patch_size)                  # (n, C·k², L), no padding
+    """XᵀX of every patch of ``chunk`` (n, C, H, W): float64 (C·k², C·k²).
+
+    The unfold and the product run in float32 (4–5× faster than float64 on a CPU, and the
+    time counts towards a run's clock); one chunk's sum of ≤ 500·900 patches keeps float32's
+    relative error near 1e-6, and the chunks are added in float64.
+    """
+    patches = F.unfold(chunk.float(), patch_size)          # (n, C·k², L), no padding
     x = patches.transpose(1, 2).reshape(-1, patches.shape[1])   # (n·L, C·k²)
-    return x.T @ x
+    return (x.T @ x).double()
 
 
 @torch.no_grad()
@@ -86,7 +91,7 @@ def patch_second_moment(
     step = n_images if chunk_size is None else max(1, int(chunk_size))
     xtx = torch.zeros(dim, dim, dtype=torch.float64, device=images.device)
     for start in range(0, n_images, step):
-        xtx += _chunk_second_moment(images[start:start + step].double(), patch_size)
+        xtx += _chunk_second_moment(images[start:start + step], patch_size)
     count = n_images * (height - patch_size + 1) * (width - patch_size + 1)
     return xtx, count
 
@@ -188,13 +193,13 @@ def whitening_filters_from_data(
     images = images[:n_images]
     channels = images.shape[1]
     shape = (1, channels, 1, 1)
-    mean_t = torch.tensor(mean, dtype=torch.float64, device=images.device).reshape(shape)
-    std_t = torch.tensor(std, dtype=torch.float64, device=images.device).reshape(shape)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).reshape(shape)
+    std_t = torch.tensor(std, dtype=torch.float32, device=images.device).reshape(shape)
     dim = channels * patch_size * patch_size
     xtx = torch.zeros(dim, dim, dtype=torch.float64, device=images.device)
     count = 0
     for start in range(0, images.shape[0], max(1, int(chunk_size))):
-        chunk = (images[start:start + chunk_size].double() - mean_t) / std_t
+        chunk = (images[start:start + chunk_size].float() - mean_t) / std_t
         part, n = patch_second_moment(chunk, patch_size, chunk_size=None)
         xtx += part
         count += n
@@ -211,8 +216,10 @@ class PatchWhitening(nn.Module):
     floating-point buffers averages a constant, which leaves it unchanged.
 
     They start as NaN and the module refuses to run until they are set
-    (:meth:`set_filters`, or loaded through ``load_state_dict`` / ``copy_``): random filters
-    would silently train a worse model.
+    (:meth:`set_filters`, or loaded through ``load_state_dict``): random filters would
+    silently train a worse model. The check reads the filters once (one GPU sync) after
+    construction or a ``load_state_dict``, then trusts a Python flag. Writing NaN into the
+    buffer by hand after that is not caught.
     """
 
     def __init__(self, in_channels: int = 3, patch_size: int = 3) -> None:
@@ -224,6 +231,12 @@ class PatchWhitening(nn.Module):
             (self.out_channels, in_channels, patch_size, patch_size), float("nan")))
         # Python-side cache of "the filters are finite", so a set model never syncs the GPU.
         self._ready = False
+        # Loading a state dict may bring unset (NaN) filters: look at them again on next use.
+        self.register_load_state_dict_post_hook(PatchWhitening._forget_ready)
+
+    @staticmethod
+    def _forget_ready(module: PatchWhitening, incompatible_keys) -> None:
+        module._ready = False
 
     @torch.no_grad()
     def set_filters(self, filters: torch.Tensor) -> None:
@@ -252,7 +265,11 @@ class PatchWhitening(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (B, C, H, W) normalised images → (B, C·k², H, W) whitened patches."""
-        self._check_ready()
+        # The check reads a tensor back (a graph break) and its flag would become a
+        # recompile guard, so it runs eagerly only: a compiled model has already run eagerly
+        # or been warmed up with its filters set.
+        if not torch.compiler.is_compiling():
+            self._check_ready()
         return F.conv2d(x, self.filters.to(x.dtype), padding=self.patch_size // 2)
 
     def extra_repr(self) -> str:

@@ -22,7 +22,7 @@ from train.trainer import EpochRow, RunResult
 
 TARGET_ACCURACY = 0.94
 
-_COLUMNS = ("epoch", "lr", "train loss", "train acc", "test loss", "test acc", "epoch s",
+_COLUMNS = ("epoch", "lr",  # lr: schedule value at the epoch's last step "train loss", "train acc", "test loss", "test acc", "epoch s",
             "total s")
 _WIDTHS = (5, 8, 10, 9, 9, 8, 8, 8)
 

@@ -36,6 +36,7 @@ class TrainStep:
         self.ema = (WeightAverage(model, config.ema_momentum ** config.ema_every)
                     if config.ema else None)
         self.steps = 0
+        self.last_lr = 0.0   # the rate the latest step used (per example)
         # Index of the first step whose loss was not finite (-1: none). Kept on the device
         # so that detecting divergence costs no sync per step.
         self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=runtime.device)
@@ -49,7 +50,8 @@ class TrainStep:
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """``inputs`` (B, 3, H, W) in the run's dtype, ``labels`` int64 (B,); returns the
         float32 summed loss and the int64 count of correct predictions (device scalars)."""
-        set_learning_rate(self.optimizer, self.lr)
+        self.last_lr = self.lr
+        set_learning_rate(self.optimizer, self.last_lr)
         with self.runtime.autocast():
             logits = self.forward(inputs)
         loss = label_smoothing_loss(logits, labels, self.smoothing)

@@ -16,6 +16,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -24,10 +25,12 @@ from model.resnet9 import ResNet9, ResNet9Config
 from model.whitening import whitening_filters_from_data
 from train.batches import AugmentedBatches
 from train.config import CIFAR10_MEAN, CIFAR10_STD, TrainConfig
-from train.data import Cifar10
 from train.evaluate import evaluate
 from train.runtime import Runtime
 from train.step import TrainStep
+
+if TYPE_CHECKING:
+    from train.data import Cifar10
 
 
 class TrainingDiverged(RuntimeError):
@@ -90,7 +93,7 @@ class Trainer:
         log: where progress lines go.
     """
 
-    def __init__(self, config: TrainConfig, runtime: Runtime, data: Cifar10,
+    def __init__(self, config: TrainConfig, runtime: Runtime, data: "Cifar10",
                  log: Callable[[str], None] = print) -> None:
         self.config, self.runtime, self.data, self.log = config, runtime, data, log
         self.model = self._new_model(seed=config.seed)
@@ -151,26 +154,33 @@ class Trainer:
 
     # ------------------------------------------------------------------ warm-up
     def _warm_up(self) -> float:
-        """Compile, autotune and fill caches on throwaway data with the real shapes, so that
-        no run's clock pays for them. Returns the seconds it took."""
-        if self.config.warmup_steps == 0:
+        """Compile, autotune and fill caches on throwaway data with the real shapes (the
+        data set's size too: the compiled augmentation is specialised to it), so that no
+        run's clock pays for them. Returns the seconds it took."""
+        nothing_to_warm = self.runtime.device.type == "cpu" and self.runtime.backend == "eager"
+        if self.config.warmup_steps == 0 or nothing_to_warm:
             return 0.0
         start = time.perf_counter()
         device, c = self.runtime.device, self.config
         generator = torch.Generator(device=device).manual_seed(12345)
-        count = c.batch_size * c.warmup_steps
-        images = torch.randint(0, 256, (max(count, 64), 3, 32, 32), dtype=torch.uint8,
-                               device=device, generator=generator)
-        labels = torch.randint(0, 10, (images.shape[0],), device=device, generator=generator)
-        self._set_whitening(images)
+
+        def throwaway(like: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            images = torch.randint(0, 256, like.shape, dtype=torch.uint8, device=device,
+                                   generator=generator)
+            return images, torch.randint(0, 10, labels.shape, device=device,
+                                         generator=generator)
+
+        train_images, train_labels = throwaway(self.data.train_images, self.data.train_labels)
+        test_images, test_labels = throwaway(self.data.test_images, self.data.test_labels)
+        self._set_whitening(train_images)
         step = TrainStep(self.model, self.train_forward, c, self.runtime, steps_per_epoch=1)
         self.model.train()
-        for inputs, targets in self._batches(images[:count], labels[:count], generator):
+        for index, (inputs, targets) in enumerate(
+                self._batches(train_images, train_labels, generator)):
+            if index == c.warmup_steps:
+                break
             step(inputs, targets)
-        test_count = min(c.eval_batch_size, self.data.test_images.shape[0])
-        self._evaluate(images[:test_count].repeat(test_count // images.shape[0] + 1, 1, 1, 1)
-                       [:test_count], labels.repeat(test_count // labels.shape[0] + 1)
-                       [:test_count], step)
+        self._evaluate(test_images, test_labels, step)
         self.runtime.synchronize()
         return time.perf_counter() - start
 
@@ -199,7 +209,6 @@ class Trainer:
 
         for epoch in range(1, c.epochs + 1):
             epoch_start = time.perf_counter()
-            lr = step.lr
             loss_sum = torch.zeros((), device=rt.device)
             correct = torch.zeros((), dtype=torch.int64, device=rt.device)
             for inputs, labels in batches:
@@ -218,7 +227,7 @@ class Trainer:
                 test_loss, test_acc = self._evaluate(test_images, test_labels, step)
                 self.model.train()
                 result.eval_time += time.perf_counter() - eval_start
-            result.rows.append(EpochRow(epoch, lr * c.batch_size, train_loss, train_acc,
+            result.rows.append(EpochRow(epoch, step.last_lr * c.batch_size, train_loss, train_acc,
                                         test_loss, test_acc, epoch_time, total))
             self.log_row(result.rows[-1])
         result.train_time = total

@@ -1,0 +1,660 @@
+"""Ahead-of-time compilation of the Triton kernels for NVIDIA GPUs, with no GPU needed.
+
+Triton's own compiler runs the whole pipeline (Triton IR → PTX → cubin) for a named target
+without touching a driver, so a CPU-only machine can still answer the questions that decide
+whether a kernel is any good on an A100 (``sm_80``) or H100 (``sm_90a``):
+
+* how many registers a thread uses and whether anything spills to local memory,
+* how much static and dynamic shared memory a block needs,
+* how wide the global loads and stores are in the final SASS (``LDG.E.128`` means 16-byte
+  vector loads; ``LDG.E.U16`` means one fp16 per instruction, a sign that an alignment hint
+  is missing).
+
+Each kernel family exposes ``aot_specs() -> list[AotSpec]`` (see :mod:`kernels._common`);
+:func:`all_specs` gathers them, :func:`compile_spec` compiles one and measures it, and
+:func:`report` does every spec for several architectures. From the shell::
+
+    python -m kernels.aot                      # every spec, sm_80 and sm_90
+    python -m kernels.aot --arch 90 --json out.json
+
+The numbers come from the tools that ship inside the ``triton`` wheel: ``ptxas -v`` (rerun on
+Triton's PTX with Triton's own flags) for registers and spills, ``cuobjdump
+--dump-resource-usage`` on the cubin for REG/STACK/SHARED/LOCAL, and ``cuobjdump -sass`` for
+the load/store instructions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kernels._common import AotSpec
+
+#: Architectures reported by default: A100 (sm_80) and H100 (sm_90, compiled as sm_90a).
+DEFAULT_ARCHS: tuple[int, ...] = (80, 90)
+
+#: Modules whose ``aot_specs()`` :func:`all_specs` collects.
+SPEC_MODULES: tuple[str, ...] = ("kernels.augment", "kernels.ghost_bn_act")
+
+#: Triton's argument attribute for "this pointer/integer is a multiple of 16" — the hint the
+#: JIT attaches when it sees a 16-byte-aligned pointer or an int divisible by 16.
+DIVISIBILITY_ATTR: list[Any] = ["tt.divisibility", 16]
+
+_INSTALL_HINT = (
+    "install the Linux triton wheel (pip install triton), which bundles the NVIDIA backend "
+    "together with ptxas and cuobjdump; or point TRITON_PTXAS_PATH / TRITON_CUOBJDUMP_PATH at "
+    "a CUDA toolkit's binaries"
+)
+
+
+@dataclass(frozen=True)
+class KernelReport:
+    """What one compiled kernel costs on one architecture.
+
+    Register and spill figures are per thread; shared-memory figures are per block.
+    ``arch`` is the name Triton compiled for (``"sm_80"``, ``"sm_90a"``) and ``capability``
+    the number asked for (80, 90). ``registers`` is the cubin's count (cuobjdump);
+    ``ptxas_registers`` is what the ``ptxas -v`` rerun printed — they agree when the rerun
+    reproduces Triton's compile, which the tests check. On sm_90 ``static_shared_bytes``
+    includes the 1 KiB ``.nv.shared.reserved`` block the toolchain adds to any kernel that
+    uses shared memory; ``dynamic_shared_bytes`` is Triton's own allocation
+    (``metadata.shared``), which the launcher requests at run time.
+    ``global_loads``/``global_stores`` count SASS opcodes (``"LDG.E.128"`` → 3);
+    ``load_widths``/``store_widths`` fold them into access widths in bits (``{128: 3}``).
+    """
+
+    label: str
+    kernel: str
+    arch: str
+    capability: int
+    num_warps: int
+    num_stages: int
+    registers: int
+    ptxas_registers: int
+    spill_store_bytes: int
+    spill_load_bytes: int
+    stack_bytes: int
+    local_bytes: int
+    static_shared_bytes: int
+    dynamic_shared_bytes: int
+    local_memory_instructions: int
+    global_loads: dict[str, int]
+    global_stores: dict[str, int]
+    load_widths: dict[int, int]
+    store_widths: dict[int, int]
+    has_128bit_loads: bool
+    has_128bit_stores: bool
+    ptxas_verbose: str
+    compile_seconds: float = field(compare=False)
+
+    @property
+    def spill_bytes(self) -> int:
+        """Spill stores plus spill loads: 0 for a kernel that fits in registers."""
+        return self.spill_store_bytes + self.spill_load_bytes
+
+    @property
+    def shared_bytes(self) -> int:
+        """Static plus dynamic shared memory per block."""
+        return self.static_shared_bytes + self.dynamic_shared_bytes
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (width keys become strings, as JSON requires)."""
+        out = dataclasses.asdict(self)
+        out["load_widths"] = {str(k): v for k, v in self.load_widths.items()}
+        out["store_widths"] = {str(k): v for k, v in self.store_widths.items()}
+        out["spill_bytes"] = self.spill_bytes
+        out["shared_bytes"] = self.shared_bytes
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Toolchain discovery
+# --------------------------------------------------------------------------------------------
+
+
+def _import_triton() -> Any:
+    """Import triton and its NVIDIA backend, or say what to install."""
+    try:
+        import triton
+    except ImportError as e:
+        raise RuntimeError(
+            f"ahead-of-time compilation needs the triton package: {_INSTALL_HINT}") from e
+    try:
+        importlib.import_module("triton.backends.nvidia.compiler")
+    except ImportError as e:
+        raise RuntimeError(
+            f"triton {triton.__version__} has no NVIDIA backend (triton.backends.nvidia): "
+            f"{_INSTALL_HINT}"
+        ) from e
+    return triton
+
+
+def _bundled_tool(name: str) -> str | None:
+    """Path of a tool in the triton wheel's ``backends/nvidia/bin``, or on ``PATH``."""
+    import triton
+
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+    if path.is_file() and os.access(path, os.X_OK):
+        return str(path)
+    return shutil.which(name)
+
+
+def ptxas_path(arch: int) -> str:
+    """The ptxas Triton itself uses for ``arch``.
+
+    Triton 3.9 compiles sm_90+ with the newer ``ptxas-blackwell`` and older targets with
+    ``ptxas``; asking its backend (rather than guessing) keeps our rerun identical to the
+    one that produced the cubin. ``TRITON_PTXAS_PATH`` is honoured through ``triton.knobs``.
+    """
+    _import_triton()
+    nv = importlib.import_module("triton.backends.nvidia.compiler")
+    try:
+        if hasattr(nv, "get_ptxas"):
+            return nv.get_ptxas(arch).path
+        import triton
+
+        return triton.knobs.nvidia.ptxas.path
+    except (RuntimeError, AttributeError, OSError):
+        path = _bundled_tool("ptxas")
+        if path is None:
+            raise RuntimeError(f"cannot find ptxas for sm_{arch}: {_INSTALL_HINT}") from None
+        return path
+
+
+def cuobjdump_path() -> str:
+    """The cuobjdump from ``TRITON_CUOBJDUMP_PATH``, the triton wheel, or ``PATH``."""
+    _import_triton()
+    try:
+        import triton
+
+        return triton.knobs.nvidia.cuobjdump.path
+    except (RuntimeError, AttributeError, OSError):
+        path = _bundled_tool("cuobjdump")
+        if path is None:
+            raise RuntimeError(f"cannot find cuobjdump: {_INSTALL_HINT}") from None
+        return path
+
+
+def sm_name(arch: int) -> str:
+    """The ``--gpu-name`` Triton compiles ``arch`` for: ``sm_80``, but ``sm_90a`` for Hopper.
+
+    Triton targets the arch-specific ``sm_90a`` (wgmma, TMA) rather than plain ``sm_90``;
+    ptxas rejects sm_90a PTX compiled with ``--gpu-name sm_90``, so the names must match.
+    """
+    nv = importlib.import_module("triton.backends.nvidia.compiler")
+    if hasattr(nv, "sm_arch_from_capability"):
+        return nv.sm_arch_from_capability(arch)
+    return f"sm_{arch}{'a' if arch >= 90 else ''}"
+
+
+def _run(cmd: Sequence[str]) -> str:
+    """Run a tool, returning stdout+stderr; a failure is a RuntimeError with the tool's words."""
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{Path(cmd[0]).name} failed ({proc.returncode}): {' '.join(cmd)}\n"
+            f"{proc.stdout}{proc.stderr}"
+        )
+    return proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Turning an AotSpec into Triton compiler inputs
+# --------------------------------------------------------------------------------------------
+
+
+def _interpreted_function_type() -> type | tuple[()]:
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # an older/newer triton without the interpreter class
+        return ()
+    return InterpretedFunction
+
+
+# One JITFunction per Python function: cache_key is computed once and nested helpers that
+# call each other resolve to the same objects.
+_JIT_MEMO: dict[Any, Any] = {}
+
+
+def _jit_class() -> type:
+    """A JITFunction whose closure variables are converted like its globals (built lazily
+    so that importing this module never imports triton)."""
+    from triton.runtime.jit import JITFunction
+
+    global _AotJITFunction
+    if _AotJITFunction is None:
+
+        class _Converted(JITFunction):
+            def get_capture_scope(self) -> dict[str, Any]:
+                scope = super().get_capture_scope()
+                interp = _interpreted_function_type()
+                return {k: as_jit_function(v) if interp and isinstance(v, interp) else v
+                        for k, v in scope.items()}
+
+        _AotJITFunction = _Converted
+    return _AotJITFunction
+
+
+_AotJITFunction: type | None = None
+
+
+def as_jit_function(fn: Any) -> Any:
+    """``fn`` as a ``triton.runtime.jit.JITFunction`` that ``triton.compile`` accepts.
+
+    With ``TRITON_INTERPRET=1`` set (as the test-suite does) ``@triton.jit`` returns an
+    ``InterpretedFunction``, which the compiler cannot lower. Rebuild a JITFunction from the
+    same Python function, and point its globals at converted copies of every interpreted
+    helper it calls, so a CPU-only test run can still compile the real kernels.
+    """
+    _import_triton()
+    from triton.runtime.jit import JITFunction
+
+    if isinstance(fn, JITFunction):
+        return fn
+    interp = _interpreted_function_type()
+    if not (interp and isinstance(fn, interp)):
+        raise TypeError(f"expected a @triton.jit function, got {type(fn).__name__}: {fn!r}")
+    if fn.fn in _JIT_MEMO:
+        return _JIT_MEMO[fn.fn]
+    jit = _jit_class()(fn.fn, **fn.kwargs)
+    _JIT_MEMO[fn.fn] = jit  # before recursing: helpers may refer back to this function
+    scope = dict(fn.fn.__globals__)
+    for name, value in scope.items():
+        if isinstance(value, interp):
+            scope[name] = as_jit_function(value)
+    # Both the code generator (through get_capture_scope) and the cache-key dependency walk
+    # read __globals__, so replacing it covers both.
+    jit.__globals__ = scope
+    return jit
+
+
+# Swapping triton.language's functions is process-global; one compile at a time does it.
+_SWAP_LOCK = threading.RLock()
+
+
+def _wrapped_interpreted(value: Any, interp: type) -> Any | None:
+    """The InterpretedFunction behind a ``tl.tensor`` member wrapper (``x.sum()``), if any.
+
+    Under the interpreter ``_tensor_member_fn`` installs a plain closure around the
+    InterpretedFunction; without it, the JITFunction itself is the member.
+    """
+    for cell in getattr(value, "__closure__", None) or ():
+        try:
+            contents = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if isinstance(contents, interp):
+            return contents
+    return None
+
+
+@contextlib.contextmanager
+def _compiler_view_of_triton() -> Iterator[None]:
+    """Make ``triton.language`` look, for the duration, as it does without TRITON_INTERPRET.
+
+    With the interpreter on, ``tl.sum``, ``tl.cdiv``, ``tl.sigmoid``, ``x.max()`` … are
+    InterpretedFunctions (or wrappers around them) that the code generator cannot call, and
+    ``constexpr_function`` results are left unwrapped. So: swap each for its JITFunction,
+    switch ``knobs.runtime.interpret`` off, and put everything back afterwards, even on error.
+    Nothing happens when the interpreter is off (the normal GPU and CLI case).
+    """
+    import triton
+
+    knobs = getattr(triton, "knobs", None)
+    interp = _interpreted_function_type()
+    if knobs is None or not knobs.runtime.interpret or not interp:
+        yield
+        return
+    # Importing the code generator pulls in gluon, which asserts at import time that
+    # interpreter mode is on or its standard functions are JITFunctions: import it first.
+    importlib.import_module("triton.compiler.code_generator")
+    import triton.language as tl
+
+    with _SWAP_LOCK:
+        saved: list[tuple[Any, str, Any]] = []
+        try:
+            modules = [m for name, m in list(sys.modules.items())
+                       if m is not None and (name == "triton.language"
+                                             or name.startswith("triton.language."))]
+            for module in modules:
+                for name, value in list(vars(module).items()):
+                    if isinstance(value, interp):
+                        saved.append((module, name, value))
+                        setattr(module, name, as_jit_function(value))
+            for name, value in list(vars(tl.tensor).items()):
+                inner = _wrapped_interpreted(value, interp)
+                if inner is not None:
+                    saved.append((tl.tensor, name, value))
+                    setattr(tl.tensor, name, as_jit_function(inner))
+            with knobs.runtime.scope():
+                knobs.runtime.interpret = False
+                yield
+        finally:
+            for owner, name, value in reversed(saved):
+                setattr(owner, name, value)
+
+
+def divisibility_attrs(spec: AotSpec, arg_names: Sequence[str]) -> dict[tuple[int, ...], list]:
+    """The ``attrs`` for ``ASTSource``: ``{(arg_index,): [["tt.divisibility", 16]]}``.
+
+    This is the format the JIT itself builds (``JITFunction._pack_args`` →
+    ``BaseBackend.parse_attr("D")``): keys are paths into the argument list — a 1-tuple
+    holding the argument's position in the kernel's *full* parameter list, constexprs
+    included — and values are lists of ``[attribute name, value]`` pairs that the code
+    generator sets on the function argument.
+    """
+    attrs: dict[tuple[int, ...], list] = {}
+    for name in spec.divisible_by_16:
+        if name not in arg_names:
+            raise ValueError(f"{spec.label}: divisible_by_16 names {name!r}, which is not an "
+                             f"argument of {arg_names}")
+        kind = spec.signature.get(name)
+        if kind is None or kind == "constexpr" or not (kind.startswith("*") or kind[0] in "iu"):
+            raise ValueError(f"{spec.label}: divisible_by_16 argument {name!r} has type {kind!r};"
+                             " only pointer and integer arguments take the hint")
+        attrs[(arg_names.index(name),)] = [list(DIVISIBILITY_ATTR)]
+    return attrs
+
+
+def _check_signature(spec: AotSpec, arg_names: Sequence[str]) -> dict[str, str]:
+    """The spec's signature in parameter order, after checking it covers every argument."""
+    missing = [a for a in arg_names if a not in spec.signature]
+    extra = [a for a in spec.signature if a not in arg_names]
+    if missing or extra:
+        raise ValueError(f"{spec.label}: signature must name every kernel argument exactly; "
+                         f"missing {missing}, unknown {extra}")
+    unset = [a for a in arg_names if spec.signature[a] == "constexpr" and a not in spec.constexprs]
+    if unset:
+        raise ValueError(f"{spec.label}: constexpr arguments without a value: {unset}")
+    return {a: spec.signature[a] for a in arg_names}
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing the tools' output
+# --------------------------------------------------------------------------------------------
+
+_SASS_OP = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)")
+_WIDTH_TOKENS = {"U8": 8, "S8": 8, "U16": 16, "S16": 16, "64": 64, "128": 128, "256": 256}
+
+
+def sass_opcodes(sass: str) -> Counter[str]:
+    """Count every SASS opcode (with its modifiers, predicate stripped) in a disassembly."""
+    ops: Counter[str] = Counter()
+    for line in sass.splitlines():
+        m = _SASS_OP.match(line)
+        if m:
+            ops[m.group(1)] += 1
+    return ops
+
+
+def access_width(opcode: str) -> int:
+    """Bits one LDG/STG/LDGSTS moves: ``LDG.E.128`` → 128, ``LDG.E.U16`` → 16, ``LDG.E`` → 32.
+
+    Only exact modifier tokens count, so cache hints such as ``LTC128B`` are not mistaken
+    for a width.
+    """
+    for token in reversed(opcode.split(".")[1:]):
+        if token in _WIDTH_TOKENS:
+            return _WIDTH_TOKENS[token]
+    return 32
+
+
+def _global_accesses(ops: Counter[str]) -> tuple[dict[str, int], dict[str, int]]:
+    # LDGSTS (cp.async, global → shared) is a global read too; count it with the loads.
+    loads = {op: n for op, n in sorted(ops.items()) if op.split(".")[0] in ("LDG", "LDGSTS")}
+    stores = {op: n for op, n in sorted(ops.items()) if op.split(".")[0] == "STG"}
+    return loads, stores
+
+
+def _widths(ops: dict[str, int]) -> dict[int, int]:
+    out: Counter[int] = Counter()
+    for op, n in ops.items():
+        out[access_width(op)] += n
+    return dict(sorted(out.items()))
+
+
+def _field(pattern: str, text: str, what: str, tool: str) -> int:
+    m = re.search(pattern, text)
+    if m is None:
+        raise RuntimeError(f"could not find {what} in {tool} output:\n{text}")
+    return int(m.group(1))
+
+
+def parse_ptxas_verbose(log: str) -> dict[str, int]:
+    """Registers, stack and spill bytes from ``ptxas -v``."""
+    return {
+        "registers": _field(r"Used (\d+) registers", log, "the register count", "ptxas -v"),
+        "stack_bytes": _field(r"(\d+) bytes stack frame", log, "the stack frame", "ptxas -v"),
+        "spill_store_bytes": _field(r"(\d+) bytes spill stores", log, "spill stores", "ptxas -v"),
+        "spill_load_bytes": _field(r"(\d+) bytes spill loads", log, "spill loads", "ptxas -v"),
+    }
+
+
+def parse_resource_usage(text: str, kernel: str) -> dict[str, int]:
+    """REG/STACK/SHARED/LOCAL of ``kernel`` from ``cuobjdump --dump-resource-usage``."""
+    block = re.search(rf"Function {re.escape(kernel)}:\s*\n\s*(.*)", text)
+    line = block.group(1) if block else text
+    return {key.lower(): _field(rf"\b{key}:(\d+)", line, key, "cuobjdump --dump-resource-usage")
+            for key in ("REG", "STACK", "SHARED", "LOCAL")}
+
+
+def _ptxas_summary(log: str) -> str:
+    """ptxas's own resource lines, prefixes dropped, joined by "; "."""
+    keep = (re.sub(r"^ptxas[\w-]* info\s*:\s*", "", line.strip()) for line in log.splitlines()
+            if re.search(r"Used \d+ registers|bytes stack frame|bytes smem", line))
+    return "; ".join(keep)
+
+
+def _ptxas_flags(options: Any) -> list[str]:
+    """The flags Triton's ``make_cubin`` passes ptxas, so the rerun allocates identically."""
+    flags = ["-lineinfo", "-v", "--regAllocOptLevel=2"]
+    if not getattr(options, "enable_fp_fusion", True):
+        flags.append("--fmad=false")
+    if getattr(options, "ptx_options", None):
+        flags += options.ptx_options.split(" ")
+    return flags
+
+
+# --------------------------------------------------------------------------------------------
+# Compiling and measuring
+# --------------------------------------------------------------------------------------------
+
+# Compiled results per process: the bench suite and the tests ask for the same specs. Keyed by
+# label and arch plus the spec's contents, so two specs that reuse a label cannot collide.
+_CACHE: dict[tuple[Any, ...], KernelReport] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _spec_key(spec: AotSpec, arch: int) -> tuple[Any, ...]:
+    kernel = getattr(spec.kernel, "fn", spec.kernel)
+    return (spec.label, int(arch), getattr(kernel, "__module__", ""),
+            getattr(kernel, "__qualname__", repr(kernel)),
+            tuple(spec.signature.items()), repr(sorted(spec.constexprs.items())),
+            spec.num_warps, spec.num_stages, tuple(spec.divisible_by_16))
+
+
+def compile_kernel(spec: AotSpec, arch: int) -> Any:
+    """``triton.compile`` one spec for ``sm_<arch>``; returns Triton's ``CompiledKernel``.
+
+    FP fusion is passed explicitly at the value the JIT would pick by default
+    (``TRITON_DEFAULT_FP_FUSION``, on unless set to 0): same code as at run time, and no
+    "TRITON_DEFAULT_FP_FUSION is unset" warning from Triton 3.9.
+    """
+    triton = _import_triton()
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = as_jit_function(spec.kernel)
+    arg_names = list(fn.arg_names)
+    signature = _check_signature(spec, arg_names)
+    src = ASTSource(fn=fn, signature=signature, constexprs=dict(spec.constexprs),
+                    attrs=divisibility_attrs(spec, arg_names))
+    options: dict[str, Any] = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        options["enable_fp_fusion"] = bool(knobs.language.default_fp_fusion)
+    with _compiler_view_of_triton():
+        return triton.compile(src, target=GPUTarget("cuda", int(arch), 32), options=options)
+
+
+def compile_spec(spec: AotSpec, arch: int) -> KernelReport:
+    """Compile ``spec`` for ``sm_<arch>`` (80, 86, 89, 90, …) and measure the result.
+
+    Cached per process. Raises RuntimeError when triton, its NVIDIA backend, ptxas or
+    cuobjdump is missing, and ValueError when the spec does not match its kernel.
+    """
+    key = _spec_key(spec, arch)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+    t0 = time.perf_counter()
+    kernel = compile_kernel(spec, arch)
+    name = kernel.metadata.name
+    ptx, cubin = kernel.asm["ptx"], kernel.asm["cubin"]
+    ptxas, cuobjdump = ptxas_path(arch), cuobjdump_path()
+    with tempfile.TemporaryDirectory(prefix="kernels-aot-") as tmp:
+        ptx_file, cubin_file = Path(tmp, f"{name}.ptx"), Path(tmp, f"{name}.cubin")
+        ptx_file.write_text(ptx)
+        cubin_file.write_bytes(cubin)
+        ptxas_log = _run([ptxas, *_ptxas_flags(kernel.metadata), f"--gpu-name={sm_name(arch)}",
+                          str(ptx_file), "-o", str(Path(tmp, "rerun.cubin"))])
+        usage = parse_resource_usage(
+            _run([cuobjdump, "--dump-resource-usage", str(cubin_file)]), name)
+        sass = _run([cuobjdump, "-sass", str(cubin_file)])
+    verbose = parse_ptxas_verbose(ptxas_log)
+    ops = sass_opcodes(sass)
+    loads, stores = _global_accesses(ops)
+    load_widths, store_widths = _widths(loads), _widths(stores)
+    report_ = KernelReport(
+        label=spec.label,
+        kernel=name,
+        arch=sm_name(arch),
+        capability=int(arch),
+        num_warps=int(kernel.metadata.num_warps),
+        num_stages=int(kernel.metadata.num_stages),
+        # the cubin's own count is authoritative; ptxas -v on the same PTX agrees with it
+        registers=usage["reg"],
+        ptxas_registers=verbose["registers"],
+        spill_store_bytes=verbose["spill_store_bytes"],
+        spill_load_bytes=verbose["spill_load_bytes"],
+        stack_bytes=usage["stack"],
+        local_bytes=usage["local"],
+        static_shared_bytes=usage["shared"],
+        dynamic_shared_bytes=int(kernel.metadata.shared),
+        # LDL/STL in the real cubin: an independent sign of spilling or local arrays
+        local_memory_instructions=sum(n for op, n in ops.items()
+                                      if op.split(".")[0] in ("LDL", "STL")),
+        global_loads=loads,
+        global_stores=stores,
+        load_widths=load_widths,
+        store_widths=store_widths,
+        has_128bit_loads=load_widths.get(128, 0) > 0,
+        has_128bit_stores=store_widths.get(128, 0) > 0,
+        ptxas_verbose=_ptxas_summary(ptxas_log),
+        compile_seconds=time.perf_counter() - t0,
+    )
+    with _CACHE_LOCK:
+        _CACHE[key] = report_
+    return report_
+
+
+# --------------------------------------------------------------------------------------------
+# All kernels, all archs
+# --------------------------------------------------------------------------------------------
+
+
+def all_specs(modules: Iterable[str] = SPEC_MODULES) -> list[AotSpec]:
+    """Every ``AotSpec`` the kernel modules expose through an ``aot_specs()`` function.
+
+    A module without ``aot_specs`` contributes nothing, so this works while families are
+    still being written; a module that fails to import is an error, not silence.
+    """
+    specs: list[AotSpec] = []
+    for module_name in modules:
+        module = importlib.import_module(module_name)
+        fn = getattr(module, "aot_specs", None)
+        if fn is not None:
+            specs.extend(fn())
+    labels = [s.label for s in specs]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise ValueError(f"AotSpec labels must be unique; repeated: {dupes}")
+    return specs
+
+
+def report(archs: Iterable[int] = DEFAULT_ARCHS,
+           specs: Sequence[AotSpec] | None = None) -> list[KernelReport]:
+    """Compile every spec (default: :func:`all_specs`) for every arch, spec-major order."""
+    specs = all_specs() if specs is None else specs
+    return [compile_spec(spec, arch) for spec in specs for arch in archs]
+
+
+def _widths_summary(widths: dict[int, int]) -> str:
+    return " ".join(f"{bits}b×{n}" for bits, n in sorted(widths.items(), reverse=True)) or "-"
+
+
+def format_table(reports: Sequence[KernelReport]) -> str:
+    """A plain-text table: one row per kernel and arch."""
+    header = ("label", "kernel", "arch", "warps", "regs", "spill st/ld", "smem st+dyn",
+              "128b ld", "loads", "stores")
+    rows = [header] + [
+        (r.label, r.kernel, r.arch, str(r.num_warps), str(r.registers),
+         f"{r.spill_store_bytes}/{r.spill_load_bytes}",
+         f"{r.static_shared_bytes}+{r.dynamic_shared_bytes}",
+         "yes" if r.has_128bit_loads else "no",
+         _widths_summary(r.load_widths), _widths_summary(r.store_widths))
+        for r in reports
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: ``python -m kernels.aot [--arch 80 90] [--label SUBSTR] [--json PATH]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m kernels.aot",
+        description="Compile the Triton kernels for NVIDIA GPUs (no GPU needed) and report "
+                    "registers, spills, shared memory and global load/store widths.")
+    parser.add_argument("--arch", type=int, nargs="+", default=list(DEFAULT_ARCHS),
+                        help="compute capabilities, e.g. 80 (A100) 90 (H100); default 80 90")
+    parser.add_argument("--label", default=None,
+                        help="only specs whose label contains this string")
+    parser.add_argument("--json", type=Path, default=None, help="also write the reports here")
+    args = parser.parse_args(argv)
+
+    specs = [s for s in all_specs() if args.label is None or args.label in s.label]
+    if not specs:
+        print(f"no AotSpecs found (none of {', '.join(SPEC_MODULES)} define aot_specs(), "
+              "or --label matched nothing)", file=sys.stderr)
+        return 1
+    reports = report(args.arch, specs)
+    print(format_table(reports))
+    if args.json is not None:
+        args.json.write_text(json.dumps([r.to_json() for r in reports], indent=2) + "\n")
+        print(f"wrote {args.json}")
+    spilling = [f"{r.label}@{r.arch}" for r in reports if r.spill_bytes]
+    if spilling:
+        print(f"spills: {', '.join(spilling)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The presets against an independent, hand-written statement of the seed's ladder."""
+
+from __future__ import annotations
+
+import pytest
+
+from train.config import ConfigError, TrainConfig
+from train.presets import (PRESETS, data_on_device, describe_presets, diff_configs,
+                           preset_config)
+
+# The seed's table (shared/docs/RECIPE.md), written out again by hand: name, epochs, and
+# the set of TrainConfig fields that step changes relative to the previous preset.
+LADDER = [
+    ("baseline", 24, None),
+    ("gpu-data", 24, {"extra"}),
+    ("pool-before-bn", 25, {"pool_before_bn", "epochs"}),
+    # warm-up goes from the baseline's explicit 5 epochs to the default epochs/5
+    ("label-smoothing", 23, {"label_smoothing", "epochs", "warmup_epochs"}),
+    ("celu", 20, {"activation", "celu_alpha", "epochs"}),
+    ("ghost-bn", 18, {"ghost_batch", "lr", "epochs"}),
+    ("frozen-scales", 17, {"frozen_bn_scale", "celu_alpha", "bias_lr_mult", "bias_wd_div",
+                           "output_scale", "epochs"}),
+    ("whitening", 15, {"whitening", "lr", "cutout", "epochs"}),
+    ("ema", 13, {"ema", "lr_floor", "floor_epochs", "epochs"}),
+    # floor_epochs 2 -> None: the default epochs/5 is the same 2 epochs at 10 epochs
+    ("tta", 10, {"tta", "cutout", "epochs", "floor_epochs"}),
+]
+
+
+def test_names_and_order_follow_the_seed():
+    assert list(PRESETS) == [name for name, _, _ in LADDER]
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_builds_a_valid_config(name):
+    config = preset_config(name)
+    assert isinstance(config, TrainConfig)
+    config.validate()
+    assert PRESETS[name].config() == config
+
+
+@pytest.mark.parametrize("name, epochs", [(n, e) for n, e, _ in LADDER])
+def test_epochs_match_the_seed(name, epochs):
+    assert preset_config(name).epochs == epochs
+    assert PRESETS[name].seed_epochs == epochs
+    assert PRESETS[name].seed_acc == 94.1
+
+
+@pytest.mark.parametrize("i", range(1, len(LADDER)))
+def test_each_step_changes_exactly_its_fields(i):
+    prev_name, _, _ = LADDER[i - 1]
+    name, _, expected = LADDER[i]
+    changed = diff_configs(preset_config(prev_name), preset_config(name))
+    assert set(changed) == expected, f"{prev_name} -> {name}"
+    assert set(PRESETS[name].changes) == expected
+
+
+def test_baseline_is_the_earlier_entry():
+    c = preset_config("baseline")
+    assert (c.epochs, c.lr, c.warmup, c.lr_floor, c.floor) == (24, 0.4, 5, 0.0, 0)
+    assert c.activation == "relu" and c.ghost_batch == 0 and c.ghost_splits == 1
+    assert not c.pool_before_bn and not c.frozen_bn_scale and not c.whitening
+    assert c.label_smoothing == 0 and c.cutout == 8 and c.output_scale == 0.125
+    assert (c.bias_lr_mult, c.bias_wd_div) == (1, 1)
+    assert not c.ema and not c.tta
+    assert not data_on_device(c)
+
+
+def test_step_values():
+    assert data_on_device(preset_config("gpu-data"))
+    assert preset_config("label-smoothing").label_smoothing == 0.2
+    assert preset_config("label-smoothing").warmup == pytest.approx(23 / 5)
+    assert preset_config("celu").celu_alpha == 0.075
+    gb = preset_config("ghost-bn")
+    assert gb.ghost_batch == 32 and gb.lr == pytest.approx(0.4 * 1.5)
+    fz = preset_config("frozen-scales")
+    assert fz.celu_alpha == pytest.approx(0.075 * 4)
+    assert fz.bias_lr_mult == 16 * 4 and fz.bias_wd_div == 64
+    assert fz.output_scale == 1 / 16
+    wh = preset_config("whitening")
+    assert wh.whitening and wh.cutout == 5 and wh.lr == 1.0
+    ema = preset_config("ema")
+    assert ema.ema and (ema.ema_every, ema.ema_momentum) == (5, 0.99)
+    assert ema.floor == 2 and ema.lr_floor == 0.1
+    # the tta step resets floor_epochs to the default but keeps the 2-epoch floor
+    assert preset_config("tta").floor == 2
+
+
+def test_final_preset_is_the_default_recipe():
+    assert preset_config("tta") == TrainConfig()
+    assert PRESETS["tta"].overrides == {}
+    assert diff_configs(preset_config("tta"), TrainConfig()) == {}
+
+
+def test_overrides_are_cumulative():
+    for name, preset in PRESETS.items():
+        assert TrainConfig().replace(**preset.overrides) == preset_config(name)
+
+
+def test_overrides_on_top_and_schedule_scaling():
+    c = preset_config("ghost-bn", lr=0.5, runs=3)
+    assert (c.lr, c.runs, c.ghost_batch) == (0.5, 3, 32)
+    # explicit warm-up and floor scale with a changed number of epochs (seed's rule) ...
+    assert preset_config("baseline", epochs=12).warmup == pytest.approx(2.5)
+    assert preset_config("ema", epochs=26).floor == pytest.approx(4)
+    # ... unless given
+    assert preset_config("baseline", epochs=12, warmup_epochs=1).warmup == 1
+
+
+def test_presets_are_not_shared_state():
+    c = preset_config("baseline")
+    c.extra["gpu_data"] = True
+    assert not data_on_device(preset_config("baseline"))
+
+
+def test_unknown_name_lists_the_presets():
+    with pytest.raises(ConfigError) as err:
+        preset_config("resnet50")
+    for name in PRESETS:
+        assert name in str(err.value)
+
+
+def test_bad_override_is_a_config_error():
+    with pytest.raises(ConfigError):
+        preset_config("baseline", no_such_field=1)
+    with pytest.raises(ConfigError):
+        preset_config("baseline", epochs=0)
+
+
+def test_diff_configs():
+    a = TrainConfig()
+    assert diff_configs(a, a.replace(lr=2.0, cutout=4)) == {"lr": (1.0, 2.0), "cutout": (0, 4)}
+
+
+def test_describe_presets_lists_every_preset():
+    text = describe_presets()
+    for name, preset in PRESETS.items():
+        line = next(l for l in text.splitlines() if l.startswith(name + " "))
+        assert f" {preset.seed_epochs} " in line
+        assert f"{preset.seed_time_s:.0f} s" in line
