@@ -165,7 +165,7 @@ def make_archive(directory: str | Path, records_per_file: int = RECORDS_PER_FILE
 
     The bytes are deterministic for given arguments (fixed mtimes, owners, gzip header), so
     the archive's md5 is stable. The defaults give a valid full-size data set (50,000 train
-    and 10,000 test images; about 5 MB compressed, built in about a second).
+    and 10,000 test images; about 7 MB compressed, built in about a second).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -27,12 +27,14 @@ class AugmentedBatches:
         dtype: the network's input dtype.
         backend: the ``kernels.augment`` backend ("eager", "compile", "triton").
         generator: the run's random stream, on the data's device.
+        device: where the batches are consumed; when the data set lives elsewhere (the
+            host), each augmented batch is copied there (the seed's pre-"GPU data" setup).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
                  pad: int, flip: bool, cutout: int, mean: Sequence[float],
                  std: Sequence[float], dtype: torch.dtype, backend: str,
-                 generator: torch.Generator) -> None:
+                 generator: torch.Generator, device: torch.device | None = None) -> None:
         if images.shape[0] < batch_size:
             raise ValueError(f"{images.shape[0]} training images do not fill one batch of "
                              f"{batch_size}")
@@ -40,6 +42,7 @@ class AugmentedBatches:
         self.batch_size, self.pad, self.flip, self.cutout = batch_size, pad, flip, cutout
         self.mean, self.std, self.dtype = tuple(mean), tuple(std), dtype
         self.backend, self.generator = backend, generator
+        self.device = images.device if device is None else torch.device(device)
 
     def __len__(self) -> int:
         return self.images.shape[0] // self.batch_size
@@ -58,4 +61,8 @@ class AugmentedBatches:
                 self.images, indices, crop[batch], flip[batch], cutout[batch],
                 cutout_size=self.cutout, pad=self.pad, mean=self.mean, std=self.std,
                 out_dtype=self.dtype, backend=self.backend, validate=False)
-            yield inputs, self.labels[indices]
+            labels = self.labels[indices]
+            if self.device != inputs.device:
+                inputs = inputs.to(self.device, non_blocking=True)
+                labels = labels.to(self.device, non_blocking=True)
+            yield inputs, labels

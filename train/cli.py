@@ -91,12 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", metavar="PATH", help="write every figure and the config here")
     add("--full", action="store_true",
         help="on a CPU, run the full recipe anyway (hours) instead of the CPU-sized one")
+    g = p.add_argument_group("research")
+    g.add_argument("--preset", metavar="NAME",
+                   help="start from a step of the seed's ladder (see --list-presets); "
+                        "other flags override it")
+    g.add_argument("--list-presets", action="store_true",
+                   help="print the seed's ladder of presets and exit")
+    g.add_argument("--plot", metavar="DIR",
+                   help="write PNGs: training curves, augmented examples, whitening filters")
     return p
+
+
+#: Flags of the parser that are not configuration fields.
+_NOT_CONFIG = ("full", "preset", "list_presets", "plot")
 
 
 def config_from_args(args: argparse.Namespace, *, has_gpu: bool) -> tuple[TrainConfig, str | None]:
     """The validated config, and a note when the CPU-sized configuration was applied."""
-    given: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "full"}
+    given: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     note = None
     device = given.get("device", "auto")
     on_cpu = device == "cpu" or (device == "auto" and not has_gpu)
@@ -107,12 +119,23 @@ def config_from_args(args: argparse.Namespace, *, has_gpu: bool) -> tuple[TrainC
             shown = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in filled.items())
             note = (f"No GPU in use: running the CPU-sized configuration ({shown}); the full "
                     "recipe takes hours on a CPU: add --full to run it anyway.")
-    config = TrainConfig()
-    return config.replace(**given), note
+    preset = getattr(args, "preset", None)
+    if preset is not None:
+        from train.presets import preset_config
+        return preset_config(preset, **given), note
+    return TrainConfig().replace(**given), note
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        from train.compare import compare_main
+        return compare_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if getattr(args, "list_presets", False):
+        from train.presets import describe_presets
+        print(describe_presets())
+        return EXIT_OK
     if getattr(args, "backend", None) == "triton" and getattr(args, "device", "auto") == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")   # must precede importing kernels
 
@@ -125,14 +148,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_USAGE, str(error))
     if note:
         print(note, flush=True)
-    return run(config)
+    return run(config, plot_dir=getattr(args, "plot", None))
 
 
-def run(config: TrainConfig) -> int:
-    """Load the data, train ``config.runs`` runs, print the table and summary."""
+def load_data(config: TrainConfig):
+    """The data set with its subsets taken; notices printed. Raises DataError."""
     import warnings
 
-    from train.data import DataError, load_cifar10
+    from train.data import load_cifar10
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load_cifar10(config.data_dir, download=config.download)
+    for warning in caught:
+        print(f"note: {warning.message}", flush=True)
+    return data
+
+
+def run(config: TrainConfig, plot_dir: str | None = None) -> int:
+    """Load the data, train ``config.runs`` runs, print the table and summary."""
+    from train.data import DataError
     from train.report import format_header, format_summary, write_json
     from train.runtime import resolve_runtime
     from train.trainer import Trainer, TrainingDiverged
@@ -142,12 +177,7 @@ def run(config: TrainConfig) -> int:
     except ConfigError as error:
         return _fail(EXIT_USAGE, str(error))
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            data = load_cifar10(config.data_dir, download=config.download)
-        for warning in caught:
-            print(f"note: {warning.message}", flush=True)
-        data = data.subset(config.train_subset, config.test_subset)
+        data = load_data(config).subset(config.train_subset, config.test_subset)
     except DataError as error:
         return _fail(EXIT_DATA, str(error))
 
@@ -172,6 +202,10 @@ def run(config: TrainConfig) -> int:
     if config.json:
         write_json(config.json, config, runtime, results, trainer.warmup_time)
         print(f"wrote {config.json}")
+    if plot_dir:
+        from train.report import write_plots
+        for path in write_plots(plot_dir, config, data, trainer, results):
+            print(f"wrote {path}")
     return EXIT_OK
 
 

@@ -16,13 +16,15 @@ from typing import Any
 
 import torch
 
-from train.config import TrainConfig
+from train.config import CIFAR10_MEAN, CIFAR10_STD, TrainConfig
 from train.runtime import Runtime
+from train.stats import format_mean_ci, summarize
 from train.trainer import EpochRow, RunResult
 
 TARGET_ACCURACY = 0.94
 
-_COLUMNS = ("epoch", "lr",  # lr: schedule value at the epoch's last step "train loss", "train acc", "test loss", "test acc", "epoch s",
+# lr: the schedule's value (per batch of summed losses) at the epoch's last step.
+_COLUMNS = ("epoch", "lr", "train loss", "train acc", "test loss", "test acc", "epoch s",
             "total s")
 _WIDTHS = (5, 8, 10, 9, 9, 8, 8, 8)
 
@@ -45,12 +47,15 @@ def format_row(row: EpochRow) -> str:
     return "  ".join(cell.rjust(width) for cell, width in zip(cells, _WIDTHS))
 
 
-def _spread(values: Sequence[float]) -> dict[str, float]:
+def _spread(values: Sequence[float]) -> dict[str, float | None]:
+    s = summarize(values)
     return {
-        "mean": statistics.fmean(values),
+        "mean": s.mean,
         "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "min": min(values),
-        "max": max(values),
+        "min": s.min,
+        "max": s.max,
+        "ci95_low": s.ci_low if s.has_interval else None,
+        "ci95_high": s.ci_high if s.has_interval else None,
     }
 
 
@@ -74,11 +79,14 @@ def format_summary(results: Sequence[RunResult], warmup_time: float) -> str:
     if len(results) == 1:
         lines.append(f"test accuracy {acc['mean']:.4f} in {sec['mean']:.2f} s of training")
     else:
+        accuracies = [r.test_acc for r in results]
         lines.append(f"test accuracy {acc['mean']:.4f} ± {acc['std']:.4f} (std over "
                      f"{len(results)} runs; min {acc['min']:.4f}, max {acc['max']:.4f}); "
                      f"{s['reached_94']}/{len(results)} runs reached 94%")
+        lines.append(f"mean test accuracy {format_mean_ci(accuracies, digits=4)}")
         lines.append(f"time {sec['mean']:.2f} ± {sec['std']:.2f} s (min {sec['min']:.2f}, "
-                     f"max {sec['max']:.2f})")
+                     f"max {sec['max']:.2f}); mean "
+                     f"{format_mean_ci([r.train_time for r in results], unit='s')}")
     lines.append(f"time includes: {TIME_INCLUDES}")
     lines.append(f"time excludes: {TIME_EXCLUDES}; warm-up took {warmup_time:.1f} s once")
     return "\n".join(lines)
@@ -137,3 +145,23 @@ def write_json(path: str | os.PathLike, config: TrainConfig, runtime: Runtime,
         json.dump(record, handle, indent=2, default=_finite_or_none)
         temporary = handle.name
     os.replace(temporary, path)
+
+
+def write_plots(folder: str | os.PathLike, config: TrainConfig, data: Any, trainer: Any,
+                results: Sequence[RunResult]) -> list[str]:
+    """The ``--plot`` PNGs: curves of every run, augmented examples, whitening filters."""
+    from train.plots import plot_augmentations, plot_curves, plot_whitening
+
+    folder = Path(folder)
+    written = [plot_curves([[asdict(row) for row in r.rows] for r in results],
+                           folder / "curves.png",
+                           labels=[f"seed {r.seed}" for r in results])]
+    written.append(plot_augmentations(
+        data.train_images[:8], folder / "augmentations.png", pad=config.pad,
+        cutout_size=config.cutout, flip=config.flip, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+        seed=config.seed, titles=[data.classes[int(i)] for i in data.train_labels[:8]]))
+    if trainer.whitening is not None:
+        written.append(plot_whitening(trainer.whitening.filters.cpu(),
+                                      trainer.whitening.eigenvalues.cpu(),
+                                      folder / "whitening.png"))
+    return [str(w) for w in written]

@@ -26,6 +26,7 @@ from model.whitening import whitening_filters_from_data
 from train.batches import AugmentedBatches
 from train.config import CIFAR10_MEAN, CIFAR10_STD, TrainConfig
 from train.evaluate import evaluate
+from train.presets import data_on_device
 from train.runtime import Runtime
 from train.step import TrainStep
 
@@ -96,6 +97,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, runtime: Runtime, data: "Cifar10",
                  log: Callable[[str], None] = print) -> None:
         self.config, self.runtime, self.data, self.log = config, runtime, data, log
+        self.whitening = None     # the latest run's WhiteningFilters (for plots)
         self.model = self._new_model(seed=config.seed)
         self.eval_model = copy.deepcopy(self.model).eval()
         compile_it = runtime.backend == "compile" or (
@@ -121,16 +123,17 @@ class Trainer:
         return AugmentedBatches(
             images, labels, batch_size=c.batch_size, pad=c.pad, flip=c.flip, cutout=c.cutout,
             mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=self.runtime.dtype,
-            backend=_kernel_backend(self.runtime), generator=generator)
+            backend=_kernel_backend(self.runtime) if images.device == self.runtime.device
+            else "eager", generator=generator, device=self.runtime.device)
 
     def _set_whitening(self, images: torch.Tensor) -> None:
         if not self.config.whitening:
             return
-        filters, _ = whitening_filters_from_data(
+        self.whitening = whitening_filters_from_data(
             images, CIFAR10_MEAN, CIFAR10_STD, n_images=self.config.whitening_images,
             eps=self.config.whitening_eps)
-        self.model.set_whitening(filters)
-        self.eval_model.set_whitening(filters)
+        self.model.set_whitening(self.whitening.filters)
+        self.eval_model.set_whitening(self.whitening.filters)
 
     def _evaluate(self, images: torch.Tensor, labels: torch.Tensor, step: TrainStep
                   ) -> tuple[float, float]:
@@ -196,11 +199,18 @@ class Trainer:
         # The clock starts with the data still on the host, as the seed's did.
         rt.synchronize()
         clock = time.perf_counter()
-        train_images = self.data.train_images.to(rt.device, non_blocking=True)
-        train_labels = self.data.train_labels.to(rt.device, non_blocking=True)
+        # The seed's step before "GPU data" kept the training set on the host and augmented
+        # there, moving every batch to the device (the `gpu_data` switch of the presets).
+        host_side = not data_on_device(c)
+        train_images = self.data.train_images.to("cpu" if host_side else rt.device,
+                                                 non_blocking=True)
+        train_labels = self.data.train_labels.to("cpu" if host_side else rt.device,
+                                                 non_blocking=True)
         test_images = self.data.test_images.to(rt.device, non_blocking=True)
         test_labels = self.data.test_labels.to(rt.device, non_blocking=True)
         self._set_whitening(train_images)
+        if host_side:
+            generator = torch.Generator().manual_seed(seed)
         batches = self._batches(train_images, train_labels, generator)
         step = TrainStep(self.model, self.train_forward, c, rt, steps_per_epoch=len(batches))
         rt.synchronize()

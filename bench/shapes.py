@@ -1,0 +1,150 @@
+"""The shapes the trainer really runs, so that every benchmark times the work of a real step.
+
+ResNet9 has eight batch-norm sites (see ``model/resnet9.py``); at width ``w`` and batch ``B``
+the tensor entering each one (before the fused 2×2 max-pool where there is one) is:
+
+=========  ===================  ======  =====
+site       input of the BN op   pool    times
+=========  ===================  ======  =====
+prep       B × 64w × 32 × 32    no      1
+layer1     B × 128w × 32 × 32   yes     1
+res1       B × 128w × 16 × 16   no      2
+layer2     B × 256w × 16 × 16   yes     1
+layer3     B × 512w × 8 × 8     yes     1
+res3       B × 512w × 4 × 4     no      2
+=========  ===================  ======  =====
+
+``times`` says how many sites of the network share the shape (the two convs of each
+residual pair), so that a per-site time × ``times`` summed over the table is the BN cost of
+one forward pass. ``tests/test_bench.py`` checks this table against the model's own sites.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = [
+    "BNSite", "AugmentShape", "StepShape", "bn_sites", "quick_bn_sites", "model_bn_inputs",
+    "RECIPE_BATCH", "QUARTER", "GHOST_BATCH", "TRAIN_IMAGES",
+]
+
+#: The recipe's batch size and the images per ghost-BN split.
+RECIPE_BATCH = 512
+GHOST_BATCH = 32
+#: The quarter-width model (channels / 4) that CPU runs use.
+QUARTER = 0.25
+#: Images in the CIFAR-10 training set (one epoch of the data path).
+TRAIN_IMAGES = 50_000
+
+# (name, base channels, input side, pool before BN, sites sharing the shape)
+_SITES = (
+    ("prep", 64, 32, False, 1),
+    ("layer1", 128, 32, True, 1),
+    ("res1", 128, 16, False, 2),
+    ("layer2", 256, 16, True, 1),
+    ("layer3", 512, 8, True, 1),
+    ("res3", 512, 4, False, 2),
+)
+
+
+@dataclass(frozen=True)
+class BNSite:
+    """One batch-norm site of ResNet9: the input of :func:`kernels.ghost_bn_act` there."""
+
+    name: str
+    batch: int
+    channels: int
+    height: int
+    width: int
+    pool: bool
+    times: int          # sites of the network with this shape
+    model_width: float  # the width multiplier the channels came from
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(B, C, H, W) of the op's input."""
+        return (self.batch, self.channels, self.height, self.width)
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        """(B, C, H', W') of the op's output (halved by the pool)."""
+        f = 2 if self.pool else 1
+        return (self.batch, self.channels, self.height // f, self.width // f)
+
+    @property
+    def splits(self) -> int:
+        """Ghost-BN splits of this batch (32 images each, as the recipe)."""
+        return max(1, self.batch // GHOST_BATCH)
+
+    @property
+    def label(self) -> str:
+        """Short id used in test ids and table rows, e.g. ``layer1-w0.25``."""
+        return f"{self.name}-w{self.model_width:g}"
+
+    def shape_str(self) -> str:
+        """``512×32×32×32 pool`` — the table's way of naming the shape."""
+        return "×".join(map(str, self.shape)) + (" pool" if self.pool else "")
+
+
+@dataclass(frozen=True)
+class AugmentShape:
+    """One batch of the augmentation op: ``batch`` images out of a data set of ``images``."""
+
+    batch: int = RECIPE_BATCH
+    images: int = TRAIN_IMAGES
+    channels: int = 3
+    size: int = 32
+    pad: int = 4
+    cutout: int = 0     # the final recipe has cutout off
+
+    def shape_str(self) -> str:
+        return f"{self.batch}×{self.channels}×{self.size}×{self.size} of {self.images}"
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """A whole training step: the model's width and the batch."""
+
+    width: float
+    batch: int
+
+    @property
+    def label(self) -> str:
+        return f"w{self.width:g}-b{self.batch}"
+
+
+def _channels(base: int, width: float) -> int:
+    # The model's own rounding (model.resnet9.channel_widths).
+    return max(1, round(base * width))
+
+
+def bn_sites(batch: int = RECIPE_BATCH, width: float = 1.0) -> list[BNSite]:
+    """The six distinct BN shapes of ResNet9 at ``batch`` and ``width``, in forward order."""
+    return [BNSite(name, batch, _channels(c, width), side, side, pool, times, width)
+            for name, c, side, pool, times in _SITES]
+
+
+def quick_bn_sites(batch: int = RECIPE_BATCH) -> list[BNSite]:
+    """The few sites ``--quick`` times: quarter width, the largest pooled site (layer1) and
+    the largest site without a pool (res1), so both variants of the op are covered."""
+    return [s for s in bn_sites(batch, QUARTER) if s.name in ("layer1", "res1")]
+
+
+def model_bn_inputs(model: nn.Module, batch: int) -> list[tuple[tuple[int, ...], bool]]:
+    """(input shape, pool) of every BN site of ``model``, recorded by running it in training
+    mode on ``batch`` random images — the ground truth that :func:`bn_sites` must match."""
+    seen: list[tuple[tuple[int, ...], bool]] = []
+    hooks = [m.register_forward_pre_hook(
+        lambda mod, args: seen.append((tuple(args[0].shape), bool(mod.pool))))
+        for m in model.bn_sites()]  # type: ignore[attr-defined]
+    try:
+        model.train()
+        with torch.no_grad():
+            model(torch.randn(batch, 3, 32, 32))
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen

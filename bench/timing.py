@@ -1,0 +1,210 @@
+"""The one place that times anything in ``bench``: candidates measured side by side.
+
+Every ratio the suite reports (speed-up against eager, against compile, against a Python
+loop) comes from candidates timed in the same process, **alternating**: round after round,
+each candidate takes its samples in turn, and the order rotates every round, so that a
+machine that slows down half-way (shared CPUs, a GPU that heats up) slows every candidate
+alike instead of the one that happened to run last.
+
+* **GPU** — each round calls :func:`triton.testing.do_bench` on each candidate, which times
+  with CUDA events and clears the L2 cache between repetitions; the candidates themselves
+  rotate through several input sets bigger than the L2 (see :func:`rotation_count`).
+* **CPU** — a warm-up, then repeated calls timed with :func:`time.perf_counter` (the CPU
+  runs synchronously, so the wall time of the call is the op's time). A sample is one call,
+  or the mean of several calls when one call is shorter than ``min_sample_s``.
+
+Compilation never happens inside a timed call: the caller runs each candidate once before
+handing it here (and reports that first call's time separately), and the warm-up here
+runs it again.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["Samples", "TimingPlan", "compare", "rotation_count", "cache_bytes", "quantile",
+           "device_name", "cpu_model"]
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` with linear interpolation (numpy's default)."""
+    if not values:
+        return math.nan
+    s = sorted(values)
+    pos = q * (len(s) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+@dataclass
+class Samples:
+    """Seconds per call of one candidate, one entry per sample, in the order taken."""
+
+    seconds: list[float] = field(default_factory=list)
+    calls_per_sample: int = 1
+    method: str = ""
+
+    @property
+    def median(self) -> float:
+        return quantile(self.seconds, 0.5)
+
+    @property
+    def p20(self) -> float:
+        return quantile(self.seconds, 0.2)
+
+    @property
+    def p80(self) -> float:
+        return quantile(self.seconds, 0.8)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.seconds) / len(self.seconds) if self.seconds else math.nan
+
+
+@dataclass(frozen=True)
+class TimingPlan:
+    """How long to measure one comparison.
+
+    ``budget_s`` is the wall time to aim at for all candidates together (after warm-up);
+    rounds stop once every candidate has ``min_rounds`` and the budget is spent, or at
+    ``max_rounds``. ``gpu_rep_ms`` is the time ``do_bench`` spends per candidate per round.
+    """
+
+    budget_s: float = 4.0
+    min_rounds: int = 3
+    max_rounds: int = 30
+    warmup_s: float = 0.2
+    min_sample_s: float = 2e-3
+    gpu_rep_ms: float = 25.0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rotated(names: list[str], shift: int) -> list[str]:
+    shift %= len(names)
+    return names[shift:] + names[:shift]
+
+
+def compare(candidates: Mapping[str, Callable[[], object]], device: torch.device,
+            plan: TimingPlan = TimingPlan()) -> dict[str, Samples]:
+    """Time every candidate (a no-argument callable doing one call of the op), alternating.
+
+    Returns the samples of each candidate in seconds per call. The callables should already
+    have run once (compiled, autotuned); they may rotate through input sets themselves.
+    """
+    names = list(candidates)
+    if not names:
+        return {}
+    if device.type == "cuda":
+        return _compare_gpu(candidates, names, device, plan)
+    return _compare_cpu(candidates, names, plan)
+
+
+def _compare_cpu(candidates: Mapping[str, Callable[[], object]], names: list[str],
+                 plan: TimingPlan) -> dict[str, Samples]:
+    calls: dict[str, int] = {}
+    per_call: dict[str, float] = {}
+    for name in names:                       # warm-up, and how many calls make a sample
+        fn, n, start = candidates[name], 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= plan.warmup_s or n >= 1000:
+                break
+        per_call[name] = elapsed / n
+        calls[name] = max(1, math.ceil(plan.min_sample_s / max(per_call[name], 1e-9)))
+    round_s = sum(per_call[n] * calls[n] for n in names)
+    rounds = int(min(plan.max_rounds, max(plan.min_rounds, plan.budget_s / max(round_s, 1e-9))))
+    out = {n: Samples(calls_per_sample=calls[n],
+                      method=f"perf_counter, {torch.get_num_threads()} threads")
+           for n in names}
+    for r in range(rounds):
+        for name in _rotated(names, r):
+            fn, k = candidates[name], calls[name]
+            start = time.perf_counter()
+            for _ in range(k):
+                fn()
+            out[name].seconds.append((time.perf_counter() - start) / k)
+    return out
+
+
+def _compare_gpu(candidates: Mapping[str, Callable[[], object]], names: list[str],
+                 device: torch.device, plan: TimingPlan) -> dict[str, Samples]:
+    from triton.testing import do_bench
+
+    out = {n: Samples(method="triton.testing.do_bench (CUDA events, L2 cleared)")
+           for n in names}
+    start = time.perf_counter()
+    for name in names:                       # warm-up, untimed
+        do_bench(candidates[name], warmup=plan.warmup_s * 1e3, rep=1, return_mode="min")
+    r = 0
+    while r < plan.max_rounds and (r < plan.min_rounds
+                                   or time.perf_counter() - start < plan.budget_s):
+        for name in _rotated(names, r):
+            ms = do_bench(candidates[name], warmup=1, rep=plan.gpu_rep_ms, return_mode="all")
+            out[name].seconds.extend(t * 1e-3 for t in ms)
+        r += 1
+    _sync(device)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Input rotation and machine facts
+# ------------------------------------------------------------------------------------------
+
+
+def cache_bytes(device: torch.device) -> int:
+    """The last-level cache that rotating inputs must defeat: the GPU's L2, or the CPU's L3
+    (read from sysfs; 32 MiB when it cannot be read)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).L2_cache_size)
+    try:
+        base = "/sys/devices/system/cpu/cpu0/cache"
+        best = 0
+        for entry in os.listdir(base):
+            with open(os.path.join(base, entry, "size")) as f:
+                text = f.read().strip()
+            value = int(text.rstrip("KMG")) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(
+                text[-1], 1)
+            best = max(best, value)
+        return best or 32 << 20
+    except (OSError, ValueError):
+        return 32 << 20
+
+
+def rotation_count(bytes_per_set: int, device: torch.device, most: int = 16) -> int:
+    """How many input sets to rotate through so that together they are at least twice the
+    last-level cache, i.e. no call finds its inputs left in cache by the previous one."""
+    if bytes_per_set <= 0:
+        return 1
+    return max(1, min(most, math.ceil(2 * cache_bytes(device) / bytes_per_set)))
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo``), or what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    """``NVIDIA H100 80GB HBM3`` or ``CPU: AMD EPYC (2 threads)``."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU: {cpu_model()} ({torch.get_num_threads()} threads)"
