@@ -259,7 +259,7 @@ TILE_POOL = 2048
 #: Warps per program of the streaming kernels.
 NUM_WARPS = 4
 #: Block of the finalize kernels: splits × chunks × channels held at once.
-FIN_BLOCK_S, FIN_BLOCK_K, FIN_BLOCK_C = 16, 16, 16
+FIN_BLOCK_S, FIN_BLOCK_K, FIN_BLOCK_C = 16, 8, 16
 #: Largest channel block of a channels_last tile (one warp spans 256 fp16 = 512 bytes).
 MAX_BLOCK_C = 256
 #: SM count assumed by :func:`aot_specs` and :func:`ghost_bn_act_bytes` (H100 SXM).
@@ -352,8 +352,14 @@ def _max_pool_2x2(v0, v1, v2, v3):
 
     F.max_pool2d (CPU and CUDA, NCHW and NHWC kernels) scans the window row by row and takes
     a value when ``val > max || isnan(val)``: the first maximum wins ties (fp16 ties are
-    common) and a NaN wins (the last one). Comparing in the input dtype is exact.
+    common) and a NaN wins (the last one). The comparison runs in fp32: exact for every input
+    dtype, and Triton's interpreter compares bf16 as raw bits (wrong for negatives).
+    Returns the max as fp32 and the index as int32.
     """
+    v0 = v0.to(tl.float32)
+    v1 = v1.to(tl.float32)
+    v2 = v2.to(tl.float32)
+    v3 = v3.to(tl.float32)
     take = (v1 > v0) | (v1 != v1)
     m = tl.where(take, v1, v0)
     idx = tl.where(take, 1, 0)
@@ -468,7 +474,7 @@ def _ghost_bn_act_fwd_stats_kernel(
             v, idx = _max_pool_2x2(v0, v1, v2, v3)
             if SAVE_POOL:
                 dst = image * C * OHW + _offset_in_image(q2, c2, C, OHW, CHANNELS_LAST)
-                tl.store(pooled_ptr + dst, v, mask=mask)
+                tl.store(pooled_ptr + dst, v.to(pooled_ptr.dtype.element_ty), mask=mask)
                 # Cap the byte store's vector at x's 16-byte vector so the whole tile keeps
                 # one register layout (else a shared-memory layout conversion every tile).
                 tl.store(argmax_ptr + tl.max_contiguous(dst, [1, ARGMAX_VEC]), idx.to(tl.uint8),
@@ -856,6 +862,11 @@ def _chunking(tiles_per_split: int, splits: int, channel_blocks: int,
     return tiles_per_prog, max(1, _cdiv(tiles_per_split, tiles_per_prog))
 
 
+def _argmax_vec(element_size: int, block_q: int, block_c: int, channels_last: bool) -> int:
+    """x elements per 16-byte vector, capped by the tile's contiguous dimension."""
+    return max(1, min(16 // element_size, block_c if channels_last else block_q))
+
+
 def _is_channels_last(x: torch.Tensor) -> bool:
     """Kernel layout of x: channels_last unless x is (also) plain contiguous — the same rule
     as the reference's output format, and the only ambiguity (C == 1 or H·W == 1) is one
@@ -943,6 +954,7 @@ def _stats_impl(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.
                 tiles_per_prog,
                 POOL=pool, STATS=training, SAVE_POOL=pool and save_pool,
                 CHANNELS_LAST=channels_last, BLOCK_Q=block_q, BLOCK_C=block_c,
+                ARGMAX_VEC=_argmax_vec(x.element_size(), block_q, block_c, channels_last),
                 num_warps=NUM_WARPS)
     if _launch_ok(channels):
         _ghost_bn_act_fwd_finalize_kernel[(_cdiv(channels, FIN_BLOCK_C),)](
@@ -1041,7 +1053,9 @@ def _bwd_impl(dy: torch.Tensor, src: torch.Tensor, argmax: torch.Tensor, mean: t
             bias if weight is None else weight, mean_g, mean_gx,
             channels, height * width, width, out_h * out_w, out_w, per_split, 1.0 / alpha,
             POOL=pool, ACT=act_code, HAS_WEIGHT=has_weight, CHANNELS_LAST=channels_last,
-            BLOCK_Q=block_q, BLOCK_C=block_c, num_warps=NUM_WARPS)
+            BLOCK_Q=block_q, BLOCK_C=block_c,
+            ARGMAX_VEC=_argmax_vec(src.element_size(), block_q, block_c, channels_last),
+            num_warps=NUM_WARPS)
     return dx, dbias, dweight
 
 
@@ -1289,6 +1303,7 @@ def _site_specs(site: str, channels: int, height: int, width: int, pool: bool, d
                 act: str, has_weight: bool, batch: int, splits: int) -> list[AotSpec]:
     """The kernels one training step plus one eval forward run at one site."""
     e = f"*{dt}"
+    esize = _TRITON_DTYPES[dt].itemsize
     pointers = lambda *names: tuple(names)  # noqa: E731 - every pointer we pass is ≥16-B aligned
     out_h, out_w = (height // 2, width // 2) if pool else (height, width)
     hw, ohw = height * width, out_h * out_w
@@ -1305,8 +1320,9 @@ def _site_specs(site: str, channels: int, height: int, width: int, pool: bool, d
         {"x_ptr": e, "pooled_ptr": e, "argmax_ptr": "*u8", "psum_ptr": "*fp32",
          "psq_ptr": "*fp32", **{k: "i32" for k in ints}, "POOL": "constexpr",
          "STATS": "constexpr", "SAVE_POOL": "constexpr", "CHANNELS_LAST": "constexpr",
-         "BLOCK_Q": "constexpr", "BLOCK_C": "constexpr"},
-        dict(POOL=pool, STATS=True, SAVE_POOL=pool, CHANNELS_LAST=True, BLOCK_Q=bq, BLOCK_C=bc),
+         "BLOCK_Q": "constexpr", "BLOCK_C": "constexpr", "ARGMAX_VEC": "constexpr"},
+        dict(POOL=pool, STATS=True, SAVE_POOL=pool, CHANNELS_LAST=True, BLOCK_Q=bq, BLOCK_C=bc,
+             ARGMAX_VEC=_argmax_vec(esize, bq, bc, True)),
         num_warps=NUM_WARPS,
         divisible_by_16=pointers("x_ptr", "pooled_ptr", "argmax_ptr", "psum_ptr", "psq_ptr")
         + _div16(ints)))
@@ -1384,9 +1400,9 @@ def _site_specs(site: str, channels: int, height: int, width: int, pool: bool, d
          "mean_g_ptr": "*fp32", "mean_gx_ptr": "*fp32", **{k: "i32" for k in ints},
          "inv_alpha": "fp32", "POOL": "constexpr", "ACT": "constexpr",
          "HAS_WEIGHT": "constexpr", "CHANNELS_LAST": "constexpr", "BLOCK_Q": "constexpr",
-         "BLOCK_C": "constexpr"},
+         "BLOCK_C": "constexpr", "ARGMAX_VEC": "constexpr"},
         dict(POOL=pool, ACT=_ACT_CODES[act], HAS_WEIGHT=has_weight, CHANNELS_LAST=True,
-             BLOCK_Q=bq, BLOCK_C=bc),
+             BLOCK_Q=bq, BLOCK_C=bc, ARGMAX_VEC=_argmax_vec(esize, bq, bc, True)),
         num_warps=NUM_WARPS,
         divisible_by_16=pointers("src_ptr", "dy_ptr", "argmax_ptr", "dx_ptr", "mean_ptr",
                                  "rstd_ptr", "bias_ptr", "weight_ptr", "mean_g_ptr",

@@ -1,0 +1,301 @@
+"""The work the benchmarks run, built once and shared by the timers and the counters.
+
+* :func:`make_train_step` — the trainer's own :class:`train.step.TrainStep` (forward,
+  summed label-smoothed loss, backward, Nesterov SGD, EMA every 5 steps) around a ResNet9 of
+  a given width, for a backend, exactly as :class:`train.trainer.Trainer` builds it.
+* :func:`count_train_step` — one such step counted (bytes per phase, FLOPs) on fake tensors,
+  in any configuration (e.g. the GPU's fp16 autocast + channels_last) on any machine.
+* :func:`synthetic_images` — a uint8 stand-in for the CIFAR-10 training set (the timings do
+  not depend on pixel values, and the bench must run without the data set).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.counters import (ByteCounter, autograd_nodes_between, call_with_supported,
+                            count_flops, triton_bytes_fn)
+from bench.shapes import GHOST_BATCH, StepShape
+from model.resnet9 import ResNet9
+from train.config import CIFAR10_MEAN, CIFAR10_STD, TrainConfig
+from train.runtime import Runtime
+from train.step import TrainStep
+
+__all__ = [
+    "runtime_for", "make_train_step", "step_inputs", "count_train_step", "StepCount",
+    "synthetic_images", "default_dtype", "STEPS_PER_EPOCH",
+]
+
+#: Steps in one epoch of the recipe (50,000 images, batch 512, last partial batch dropped).
+STEPS_PER_EPOCH = 50_000 // 512
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """The trainer's activation dtype: fp16 on a GPU, fp32 on the CPU (train.runtime)."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def runtime_for(device: torch.device, backend: str, dtype: torch.dtype | None = None,
+                channels_last: bool | None = None) -> Runtime:
+    """The :class:`train.runtime.Runtime` the trainer would resolve on ``device``."""
+    return Runtime(device=device, backend=backend,
+                   dtype=dtype if dtype is not None else default_dtype(device),
+                   channels_last=(device.type == "cuda") if channels_last is None
+                   else channels_last)
+
+
+def train_config(shape: StepShape) -> TrainConfig:
+    """The recipe's settings at ``shape``'s width and batch (ghost splits of 32 images)."""
+    return TrainConfig(width=shape.width, batch_size=shape.batch,
+                       ghost_batch=GHOST_BATCH if shape.batch % GHOST_BATCH == 0 else 0)
+
+
+def _whitening_filters(seed: int = 0) -> torch.Tensor:
+    # Any finite filters time the same; these have the scale of real whitening filters.
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(27, 3, 3, 3, generator=g) / 27 ** 0.5
+
+
+def build_model(shape: StepShape, backend: str, runtime: Runtime, seed: int = 0) -> ResNet9:
+    """ResNet9 at ``shape.width`` for ``backend`` on the runtime's device, whitening set."""
+    from train.trainer import model_config
+
+    torch.manual_seed(seed)
+    model = ResNet9(model_config(train_config(shape), backend))
+    model.set_whitening(_whitening_filters(seed))
+    model = model.to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.train()
+
+
+def make_train_step(shape: StepShape, backend: str, runtime: Runtime, seed: int = 0
+                    ) -> TrainStep:
+    """The trainer's step for ``backend``: like :class:`train.trainer.Trainer`, the whole
+    model is wrapped in ``torch.compile`` for ``compile``, and for ``triton`` on a GPU (the
+    Triton ops are custom ops the compiler calls as they are)."""
+    model = build_model(shape, backend, runtime, seed)
+    compile_it = backend == "compile" or (backend == "triton" and runtime.device.type == "cuda")
+    forward = torch.compile(model) if compile_it else model
+    return TrainStep(model, forward, train_config(shape), runtime,
+                     steps_per_epoch=STEPS_PER_EPOCH)
+
+
+def step_inputs(shape: StepShape, runtime: Runtime, sets: int = 1, seed: int = 0
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``sets`` batches of normalised-looking inputs (runtime dtype and memory format) and
+    labels, to rotate through."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(sets):
+        x = torch.randn(shape.batch, 3, 32, 32, generator=g).to(runtime.dtype)
+        if runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (shape.batch,), generator=g)
+        out.append((x.to(runtime.device), y.to(runtime.device)))
+    return out
+
+
+def synthetic_images(count: int, device: torch.device, seed: int = 0) -> torch.Tensor:
+    """``count`` random uint8 images (N, 3, 32, 32): a stand-in for CIFAR-10."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
+
+
+# ------------------------------------------------------------------------------------------
+# Counting a step
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepCount:
+    """Bytes and FLOPs of one training step (plus the augmentation of its batch), per phase.
+
+    Phases: ``augment``; ``model_fwd`` and ``model_bwd`` (everything in the network except
+    the BN sites); ``bn_fwd:<i>`` and ``bn_bwd:<i>`` for BN site ``i`` in forward order;
+    ``loss_bwd`` (the loss's gradient); ``optimizer``; ``ema`` (one average update, which runs
+    every ``ema_every`` steps); ``other`` (the loss's forward and the step's bookkeeping).
+    """
+
+    shape: StepShape
+    dtype: str
+    channels_last: bool
+    ema_every: int
+    phases: dict[str, dict[str, int]]
+    flops: int                           # FlopCounterMode, one step
+    bn_sites: list[dict[str, Any]] = field(default_factory=list)
+    records: list[Any] = field(default_factory=list, repr=False)
+
+    def bytes_where(self, keep: Callable[[str], bool]) -> int:
+        return sum(v["bytes"] for k, v in self.phases.items() if keep(k))
+
+    def eager_bytes(self) -> int:
+        """Bytes of an average eager step: the EMA update counted at 1/ema_every."""
+        return self.bytes_where(lambda p: p != "ema") + self.phases.get(
+            "ema", {"bytes": 0})["bytes"] // self.ema_every
+
+    def outside_model_bytes(self) -> int:
+        """Bytes of an average step outside the network (augment, loss, optimiser, EMA)."""
+        model = self.model_bytes()
+        return self.eager_bytes() - model
+
+    def model_bytes(self) -> int:
+        """Bytes of the network's forward and backward (BN sites included)."""
+        return self.bytes_where(lambda p: p.startswith(("model_", "bn_")))
+
+    def bn_bytes(self) -> int:
+        return self.bytes_where(lambda p: p.startswith("bn_"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"width": self.shape.width, "batch": self.shape.batch, "dtype": self.dtype,
+                "channels_last": self.channels_last, "ema_every": self.ema_every,
+                "flops": self.flops, "eager_bytes": self.eager_bytes(),
+                "phases": self.phases, "bn_sites": self.bn_sites}
+
+
+def _fake_copy(model: nn.Module, mode: Any) -> nn.Module:
+    model._apply(mode.from_tensor)
+    return model
+
+
+def count_train_step(shape: StepShape, dtype: torch.dtype, channels_last: bool,
+                     augment: bool = True) -> StepCount:
+    """Count one eager training step at ``shape`` in ``dtype`` (fp32, or fp16/bf16 under
+    autocast as the trainer runs on a GPU) without running it: every tensor is fake.
+
+    The counted step is one where the EMA update fires, so that its cost is known; an
+    average step counts it at 1/``ema_every`` (:meth:`StepCount.eager_bytes`).
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from kernels import augment as augment_op
+    from kernels import random_augment_params
+
+    cpu = torch.device("cpu")
+    runtime = Runtime(device=cpu, backend="eager", dtype=dtype, channels_last=channels_last)
+    config = train_config(shape)
+    model = build_model(shape, "eager", runtime)   # real, small: parameters only
+    mode = FakeTensorMode()
+    _fake_copy(model, mode)
+    counter = ByteCounter(backward_phase="loss_bwd")
+    sites = list(model.bn_sites())
+    site_info: list[dict[str, Any]] = []
+
+    def bn_pre(index: int) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> None:
+            counter._bn_stack.append((counter.phase, args[0]))
+            counter.phase = f"bn_fwd:{index}"
+        return hook
+
+    def bn_post(index: int) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            saved, x = counter._bn_stack.pop()
+            counter.phase = saved
+            for node in autograd_nodes_between(output, x):
+                counter.node_phases.setdefault(node, f"bn_bwd:{index}")
+            if len(site_info) < len(sites):
+                site_info.append({"index": index, "shape": list(x.shape), "pool": module.pool,
+                                  "dtype": str(x.dtype).replace("torch.", ""),
+                                  "channels_last": bool(
+                                      x.is_contiguous(memory_format=torch.channels_last)
+                                      and not x.is_contiguous())})
+        return hook
+
+    def model_post(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        counter.phase = "other"
+        for node in autograd_nodes_between(output, None):
+            counter.node_phases.setdefault(node, "model_bwd")
+
+    counter._bn_stack = []  # type: ignore[attr-defined]
+    hooks = [model.register_forward_pre_hook(lambda m, a: setattr(counter, "phase", "model_fwd")),
+             model.register_forward_hook(model_post)]
+    for i, site in enumerate(sites):
+        hooks += [site.register_forward_pre_hook(bn_pre(i)), site.register_forward_hook(bn_post(i))]
+    try:
+        with mode:
+            step = TrainStep(model, model, config, runtime, steps_per_epoch=STEPS_PER_EPOCH)
+            opt = step.optimizer
+            hooks += [opt.register_step_pre_hook(lambda *a: setattr(counter, "phase", "optimizer")),
+                      opt.register_step_post_hook(lambda *a: setattr(counter, "phase", "other"))]
+            if step.ema is not None:
+                update = step.ema.update
+
+                def ema_update() -> None:
+                    with counter.in_phase("ema"):
+                        update()
+                step.ema.update = ema_update            # this instance only
+                step.steps = step.ema_every - 1         # the counted step runs the EMA
+            images = torch.empty(shape.batch * 2, 3, 32, 32, dtype=torch.uint8)
+            labels = torch.empty(shape.batch * 2, dtype=torch.int64)
+            indices = torch.arange(shape.batch)
+            crop, flip, cutout = random_augment_params(
+                shape.batch, pad=config.pad, cutout_size=config.cutout, flip=config.flip)
+            with counter:
+                if augment:
+                    with counter.in_phase("augment"):
+                        inputs = augment_op(
+                            images, indices, crop, flip, cutout, cutout_size=config.cutout,
+                            pad=config.pad, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                            out_dtype=dtype, backend="eager", validate=False)
+                        targets = labels[indices]
+                else:
+                    inputs = torch.empty(shape.batch, 3, 32, 32, dtype=dtype)
+                    targets = labels[: shape.batch]
+                if not channels_last:
+                    inputs = inputs.contiguous()
+                step(inputs, targets)
+            step.steps = 0
+            flops = count_flops(lambda: step(inputs, targets))
+    finally:
+        for h in hooks:
+            h.remove()
+    phases: dict[str, dict[str, int]] = {}
+    for r in counter.records:
+        entry = phases.setdefault(r.phase, {"bytes": 0, "flops": 0, "ops": 0})
+        entry["bytes"] += r.bytes
+        entry["flops"] += r.flops
+        entry["ops"] += 1
+    return StepCount(shape=shape, dtype=str(dtype).replace("torch.", ""),
+                     channels_last=channels_last, ema_every=config.ema_every, phases=phases,
+                     flops=flops, bn_sites=site_info, records=counter.records)
+
+
+# ------------------------------------------------------------------------------------------
+# Triton kernels' byte counts
+# ------------------------------------------------------------------------------------------
+
+
+def triton_ghost_bn_act_bytes(shape: Sequence[int], dtype: torch.dtype, pool: bool,
+                              direction: str, act: str | None = "celu") -> int | None:
+    """Bytes the Triton ghost-BN kernels move for one site, from
+    ``kernels.ghost_bn_act.ghost_bn_act_bytes``; None when the kernel module has no such
+    function (yet) or it does not take these arguments."""
+    fn = triton_bytes_fn("ghost_bn_act")
+    if fn is None:
+        return None
+    with contextlib.suppress(TypeError, ValueError, NotImplementedError):
+        return int(call_with_supported(
+            fn, shape=tuple(shape), x_shape=tuple(shape), dtype=dtype, pool=pool,
+            direction=direction, backward=direction == "bwd", training=True, act=act,
+            frozen_scale=True, weight=False, splits=max(1, shape[0] // GHOST_BATCH)))
+    return None
+
+
+def triton_augment_bytes(batch: int, dtype: torch.dtype, cutout_size: int, pad: int,
+                         channels: int = 3, size: int = 32) -> int | None:
+    """Bytes the Triton augmentation kernel moves for one batch, from
+    ``kernels.augment.augment_bytes``; None when unavailable."""
+    fn = triton_bytes_fn("augment")
+    if fn is None:
+        return None
+    with contextlib.suppress(TypeError, ValueError, NotImplementedError):
+        return int(call_with_supported(
+            fn, batch=batch, out_dtype=dtype, dtype=dtype, cutout_size=cutout_size, pad=pad,
+            channels=channels, height=size, width=size, size=size))
+    return None
