@@ -38,9 +38,9 @@ import kernels
 from bench import baselines
 from bench.counters import count_bytes, gbps, inductor_graph_bytes
 from bench.shapes import AugmentShape, BNSite, StepShape
-from bench.timing import Samples, TimingPlan, compare, device_name, rotation_count
+from bench.timing import Samples, Timed, TimingPlan, compare, device_name, rotation_count
 from bench.workloads import (STEPS_PER_EPOCH, count_train_step, make_train_step, runtime_for,
-                             synthetic_images, triton_augment_bytes,
+                             step_inputs, synthetic_images, triton_augment_bytes,
                              triton_ghost_bn_act_bytes)
 from train.config import CIFAR10_MEAN, CIFAR10_STD
 
@@ -54,6 +54,9 @@ __all__ = [
 NOT_MEASURED: list[dict[str, str]] = []
 #: One-off first-call times (compile included), by what was compiled.
 COMPILE_TIMES: dict[str, float] = {}
+#: Inductor's byte count of the compiled model (forward + backward graphs) per step shape,
+#: (label, dtype, channels_last) -> bytes, from the compile backend's step benchmarks.
+STEP_COMPILED_BYTES: dict[tuple[str, str, bool], int] = {}
 
 
 def not_measured(what: str, reason: str) -> None:
@@ -98,7 +101,7 @@ def _scaled_error(got: torch.Tensor, want: torch.Tensor) -> float:
 class Candidate:
     """One way of doing the work: ``fn()`` does one call (rotating through input sets)."""
 
-    fn: Callable[[], Any]
+    fn: Callable[[], Any] | Timed
     bytes: int | None = None          # counted bytes per call
     bytes_how: str = ""
     first_call_s: float | None = None  # the first call, compile included
@@ -119,6 +122,7 @@ class Comparison:
     flops: int | None = None
     agreement: dict[str, float] = field(default_factory=dict)   # candidate -> scaled error
     extra: dict[str, Any] = field(default_factory=dict)
+    plan: TimingPlan | None = None     # overrides the run's plan (e.g. seconds-long calls)
 
     @property
     def key(self) -> str:
@@ -175,7 +179,7 @@ def measure(comparison: Comparison, plan: TimingPlan) -> dict[str, Result]:
     if comparison.key in _RESULTS:
         return _RESULTS[comparison.key]
     fns = {name: c.fn for name, c in comparison.candidates.items()}
-    samples = compare(fns, comparison.device, plan)
+    samples = compare(fns, comparison.device, comparison.plan or plan)
     eager = samples.get("eager")
     comp = samples.get("compile")
     results = {}
@@ -185,7 +189,13 @@ def measure(comparison: Comparison, plan: TimingPlan) -> dict[str, Result]:
             speedup_vs_eager=eager.median / s.median if eager else None,
             speedup_vs_compile=comp.median / s.median if comp else None)
     _RESULTS[comparison.key] = results
+    for cand in comparison.candidates.values():
+        cand.fn = _released     # drop the inputs (and retained graphs) the closures hold
     return results
+
+
+def _released(*args: Any) -> None:
+    raise RuntimeError("this candidate was timed already; its inputs are released")
 
 
 def cached(key: str, build: Callable[[], Comparison]) -> Comparison:
@@ -198,13 +208,22 @@ def cached(key: str, build: Callable[[], Comparison]) -> Comparison:
 _COMPARISONS: dict[str, Comparison] = {}
 
 
-def _first_call(what: str, fn: Callable[[], Any], device: torch.device) -> float:
-    start = time.perf_counter()
-    fn()
+def _first_call(what: str, fn: Callable[[], Any] | Timed, device: torch.device,
+                record: bool = False) -> float:
+    """Seconds of the first call of ``fn``; with ``record`` it is a compile (or Triton JIT)
+    event and goes into :data:`COMPILE_TIMES` under ``what``."""
+    if isinstance(fn, Timed):
+        args = fn.setup()
+        start = time.perf_counter()
+        fn.fn(args)
+    else:
+        start = time.perf_counter()
+        fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    COMPILE_TIMES.setdefault(what, seconds)
+    if record:
+        COMPILE_TIMES.setdefault(what, seconds)
     return seconds
 
 
@@ -303,16 +322,22 @@ def ghost_bn_act_comparison(site: BNSite, direction: str, device: torch.device,
         if direction == "fwd":
             fn = (lambda b=backend, n=nxt: _bn_call(site, b, n()))
         elif direction == "bwd":
-            graphs_y = [(inp, _bn_call(site, backend, inp)) for inp in inputs]
-            nxt_y = _cycle(graphs_y)
+            # Each timed backward consumes a forward graph built, untimed, just before it
+            # (a compiled backward cannot be replayed with retain_graph).
+            def setup(b=backend, n=nxt):
+                inp = n()
+                return _bn_call(site, b, inp), inp
 
-            def fn(n=nxt_y):
-                inp, y = n()
-                return _bn_grads(y, inp, True)
+            fn = Timed(fn=lambda args: _bn_grads(args[0], args[1], False), setup=setup)
         else:
-            fn = (lambda b=backend, n=nxt: _bn_grads(_bn_call(site, b, (i := n())), i, False))
+            def fn(b=backend, n=nxt):
+                inp = n()
+                return _bn_grads(_bn_call(site, b, inp), inp, False)
         if first is None:
-            first = _first_call(f"ghost_bn_act {site.label} {direction} {backend}", fn, device)
+            # Triton compiles each kernel on its first launch: the fwd and bwd directions
+            # are the first to launch the forward and the backward kernels.
+            first = _first_call(f"ghost_bn_act {site.label} {direction} {backend} (JIT)", fn,
+                                device, record=backend == "triton" and direction != "fwd+bwd")
         comp.candidates[backend] = Candidate(fn, first_call_s=first)
     # Agreement before timing.
     check_in = _bn_inputs(site, dtype, device, channels_last, seed=1234)
@@ -357,6 +382,40 @@ def _bn_bytes(comp: Comparison, site: BNSite, direction: str, dtype: torch.dtype
 # ------------------------------------------------------------------------------------------
 
 
+_DATA: dict[tuple, torch.Tensor] = {}
+
+
+def _dataset(images: int, device: torch.device) -> torch.Tensor:
+    """The synthetic uint8 data set, built once per size and device."""
+    key = (images, str(device))
+    if key not in _DATA:
+        _DATA[key] = synthetic_images(images, device)
+    return _DATA[key]
+
+
+def _prepared(images: int, device: torch.device, dtype: torch.dtype, pad: int
+              ) -> tuple[torch.Tensor, float]:
+    """The seed's normalised, padded copy of the data set (built once) and its build time."""
+    key = ("prepared", images, str(device), str(dtype), pad)
+    if key not in _DATA:
+        start = time.perf_counter()
+        _DATA[key] = baselines.prepare_seed_dataset(
+            _dataset(images, device), pad=pad, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+            out_dtype=dtype)
+        _SETUP_S[key] = time.perf_counter() - start
+    return _DATA[key], _SETUP_S[key]
+
+
+_SETUP_S: dict[tuple, float] = {}
+#: Counted bytes of one augmented batch, per (batch, dtype) and candidate: (bytes, how).
+_AUGMENT_BYTES: dict[tuple, dict[str, tuple[int | None, str]]] = {}
+
+
+def augment_bytes_for(batch: int, dtype: torch.dtype) -> dict[str, tuple[int | None, str]]:
+    """Counted bytes of one augmented batch per candidate, if that batch was benchmarked."""
+    return _AUGMENT_BYTES.get((batch, dtype), {})
+
+
 def _augment_args(shape: AugmentShape, dtype: torch.dtype) -> dict[str, Any]:
     return dict(cutout_size=shape.cutout, pad=shape.pad, mean=CIFAR10_MEAN, std=CIFAR10_STD,
                 out_dtype=dtype)
@@ -366,7 +425,7 @@ def augment_comparison(shape: AugmentShape, device: torch.device, dtype: torch.d
                        backends: Iterable[str] = ("eager", "compile", "triton", "loop",
                                                   "grouped")) -> Comparison:
     """One batch of augmentation from a uint8 data set on the device, every method."""
-    data = synthetic_images(shape.images, device)
+    data = _dataset(shape.images, device)
     per_set = shape.batch * shape.channels * shape.size ** 2 * (1 + torch.finfo(dtype).bits // 8)
     sets = rotation_count(per_set, device)
     g = torch.Generator().manual_seed(0)
@@ -396,10 +455,8 @@ def augment_comparison(shape: AugmentShape, device: torch.device, dtype: torch.d
         elif backend == "loop":
             fn = (lambda: baselines.per_image_loop_augment(data, *nxt(), **kw))
         elif backend == "grouped":
-            start = time.perf_counter()
-            prepared = baselines.prepare_seed_dataset(data, pad=shape.pad, mean=CIFAR10_MEAN,
-                                                      std=CIFAR10_STD, out_dtype=dtype)
-            comp.extra["grouped_setup_s"] = time.perf_counter() - start
+            prepared, comp.extra["grouped_setup_s"] = _prepared(shape.images, device, dtype,
+                                                                shape.pad)
 
             def fn():
                 idx = nxt()[0]
@@ -412,12 +469,13 @@ def augment_comparison(shape: AugmentShape, device: torch.device, dtype: torch.d
             raise ValueError(f"unknown augmentation candidate {backend!r}")
         if backend == "compile":
             with inductor_graph_bytes() as graphs:
-                first = _first_call(f"augment b{shape.batch} compile", fn, device)
+                first = _first_call(f"augment b{shape.batch} compile", fn, device, record=True)
             comp.candidates[backend] = Candidate(fn, first_call_s=first,
                                                  bytes=sum(graphs) or None,
                                                  bytes_how="Inductor's count of its compiled graph")
         else:
-            first = _first_call(f"augment b{shape.batch} {backend}", fn, device)
+            first = _first_call(f"augment b{shape.batch} {backend} (JIT)", fn, device,
+                                record=backend == "triton")
             comp.candidates[backend] = Candidate(fn, first_call_s=first)
     # Agreement: every method against the eager reference on the same parameters.
     idx, crop, flip, cutout = params[0]
@@ -449,6 +507,8 @@ def augment_comparison(shape: AugmentShape, device: torch.device, dtype: torch.d
             cand.bytes = triton_augment_bytes(shape.batch, dtype, shape.cutout, shape.pad)
             cand.bytes_how = ("kernels.augment.augment_bytes" if cand.bytes is not None
                               else "not counted: no augment_bytes")
+    _AUGMENT_BYTES[(shape.batch, dtype)] = {
+        b: (c.bytes, c.bytes_how) for b, c in comp.candidates.items()}
     # Least traffic: read B uint8 images, write B images in the output dtype.
     pixels = shape.batch * shape.channels * shape.size ** 2
     comp.extra["min_bytes"] = pixels * (1 + torch.finfo(dtype).bits // 8)
@@ -461,18 +521,23 @@ def augment_comparison(shape: AugmentShape, device: torch.device, dtype: torch.d
 
 
 def epoch_comparison(shape: AugmentShape, device: torch.device, dtype: torch.dtype,
-                     backends: Iterable[str]) -> Comparison:
+                     backends: Iterable[str], skipped: dict[str, str] | None = None,
+                     plan: TimingPlan | None = None) -> Comparison:
     """Shuffle + augment of ``shape.images`` images in batches of ``shape.batch`` (drop
-    last), as the trainer's :class:`train.batches.AugmentedBatches` does; no network."""
+    last), as the trainer's :class:`train.batches.AugmentedBatches` does; no network.
+
+    ``skipped`` names candidates left out and why; ``plan`` overrides the run's timing plan
+    (a CPU epoch takes seconds, so a few rounds without a warm-up call suffice)."""
     from train.batches import AugmentedBatches
 
-    data = synthetic_images(shape.images, device)
+    data = _dataset(shape.images, device)
     labels = torch.randint(0, 10, (shape.images,), generator=torch.Generator().manual_seed(0)
                            ).to(device)
     comp = Comparison("epoch", "", f"{shape.images}img", f"{shape.images}×3×32×32 / "
                       f"b{shape.batch}", dtype, device, {},
                       extra={"images": shape.images, "batches": shape.images // shape.batch,
-                             "pad": shape.pad, "cutout": shape.cutout})
+                             "pad": shape.pad, "cutout": shape.cutout},
+                      skipped=dict(skipped or {}), plan=plan)
     reason = triton_reason(device)
     gen = torch.Generator(device=device).manual_seed(0)
     host_gen = torch.Generator().manual_seed(0)
@@ -493,10 +558,8 @@ def epoch_comparison(shape: AugmentShape, device: torch.device, dtype: torch.dty
                 for _ in batches:
                     pass
         elif backend == "grouped":
-            start = time.perf_counter()
-            prepared = baselines.prepare_seed_dataset(data, pad=shape.pad, mean=CIFAR10_MEAN,
-                                                      std=CIFAR10_STD, out_dtype=dtype)
-            comp.extra["grouped_setup_s"] = time.perf_counter() - start
+            prepared, comp.extra["grouped_setup_s"] = _prepared(shape.images, device, dtype,
+                                                                shape.pad)
 
             def fn():
                 # The seed's epoch: one shuffle, up to 200 groups over the whole epoch.
@@ -524,14 +587,26 @@ def epoch_comparison(shape: AugmentShape, device: torch.device, dtype: torch.dty
             raise ValueError(f"unknown epoch candidate {backend!r}")
         first = _first_call(f"epoch {backend}", fn, device)
         comp.candidates[backend] = Candidate(fn, first_call_s=first)
+    # Agreement: the first batch of an epoch from identically seeded generators.
+    firsts = {}
+    for backend in ("eager", "compile", "triton"):
+        if backend in comp.candidates:
+            batches = AugmentedBatches(data, labels, batch_size=shape.batch, pad=shape.pad,
+                                       flip=True, cutout=shape.cutout, mean=CIFAR10_MEAN,
+                                       std=CIFAR10_STD, dtype=dtype, backend=backend,
+                                       generator=torch.Generator(device=device).manual_seed(5))
+            firsts[backend] = next(iter(batches))
+    for backend, (x, y) in firsts.items():
+        if backend != "eager" and "eager" in firsts:
+            x0, y0 = firsts["eager"]
+            comp.agreement[backend] = max(_scaled_error(x, x0), float((y != y0).any()))
     # Bytes per epoch: the batch op's count × batches, plus the shuffle and parameter draws.
-    batch_cmp = _COMPARISONS.get(f"augment/b{shape.batch}")
-    if batch_cmp is not None:
-        for backend, cand in comp.candidates.items():
-            per_batch = batch_cmp.candidates.get(backend)
-            if per_batch is not None and per_batch.bytes:
-                cand.bytes = per_batch.bytes * steps
-                cand.bytes_how = f"{steps} × the batch op's count ({per_batch.bytes_how})"
+    per_batch = _AUGMENT_BYTES.get((shape.batch, dtype), {})
+    for backend, cand in comp.candidates.items():
+        nbytes, how = per_batch.get(backend, (None, ""))
+        if nbytes:
+            cand.bytes = nbytes * steps
+            cand.bytes_how = f"{steps} × one batch's count ({how})"
     return comp
 
 
@@ -554,7 +629,7 @@ def step_comparison(shape: StepShape, device: torch.device,
     count = count_train_step(shape, runtime.dtype, runtime.channels_last, augment=False)
     sets = rotation_count(shape.batch * 3 * 32 * 32 * torch.finfo(runtime.dtype).bits // 8,
                           device, most=4)
-    batches = _cycle(step_inputs_for(shape, runtime, sets))
+    batches = _cycle(step_inputs(shape, runtime, sets))
     comp = Comparison("step", "", shape.label, f"w{shape.width:g} b{shape.batch}",
                       runtime.dtype, device, {}, flops=count.flops,
                       extra={"width": shape.width, "batch": shape.batch,
@@ -563,20 +638,27 @@ def step_comparison(shape: StepShape, device: torch.device,
                                          "(augmentation excluded)",
                              "bytes_by_phase_eager": count.phases})
     reason = triton_reason(device)
-    steps = {}
-    check_batch = step_inputs_for(shape, runtime, 1, seed=99)[0]
+    steps: dict[str, Any] = {}
+    losses: dict[str, torch.Tensor] = {}
+    check_batch = step_inputs(shape, runtime, 1, seed=99)[0]
     for backend in backends:
         if backend == "triton" and reason:
             comp.skipped[backend] = reason
             continue
         rt = runtime_for(device, backend, dtype)
         step = make_train_step(shape, backend, rt, seed=0)
+        # Start at the schedule's peak (the end of the 2-epoch warm-up) so that the checked
+        # step really moves the weights (the schedule starts at a learning rate of 0).
+        step.steps = 2 * STEPS_PER_EPOCH
+        out: dict[str, Any] = {}
         with inductor_graph_bytes() as graphs:
             # The first call compiles (compile) and is also the agreement check's step: every
             # backend starts from the same weights and takes the same batch.
             first = _first_call(f"step {shape.label} {backend}",
-                                lambda s=step: s(*check_batch), device)
+                                lambda s=step: out.update(result=s(*check_batch)),
+                                device, record=backend != "eager")
         steps[backend] = step
+        losses[backend] = out["result"][0]
 
         def fn(s=step):
             return s(*batches())
@@ -584,6 +666,8 @@ def step_comparison(shape: StepShape, device: torch.device,
         if backend == "eager":
             cand.bytes, cand.bytes_how = count.eager_bytes(), "dispatch-mode count (fake tensors)"
         elif backend == "compile" and graphs:
+            STEP_COMPILED_BYTES[(shape.label, str(runtime.dtype), runtime.channels_last)] = sum(
+                graphs)
             cand.bytes = count.outside_model_bytes() + sum(graphs)
             cand.bytes_how = "Inductor's count of the model graphs + eager count of the rest"
         elif backend == "triton":
@@ -592,13 +676,10 @@ def step_comparison(shape: StepShape, device: torch.device,
     if "eager" in steps:
         for backend, step in steps.items():
             if backend != "eager":
-                comp.agreement[backend] = _state_error(steps["eager"].model, step.model)
+                comp.agreement[backend] = max(
+                    _state_error(steps["eager"].model, step.model),
+                    _scaled_error(losses[backend], losses["eager"]))
     return comp
-
-
-def step_inputs_for(shape: StepShape, runtime: Any, sets: int, seed: int = 0) -> list:
-    from bench.workloads import step_inputs
-    return step_inputs(shape, runtime, sets, seed)
 
 
 def triton_step_bytes(count: Any) -> tuple[int | None, str]:
@@ -621,4 +702,5 @@ def triton_step_bytes(count: Any) -> tuple[int | None, str]:
     return total, "eager count with BN sites (and augment) from the kernels' bytes functions"
 
 
-__all__ += ["cached", "step_inputs_for", "triton_step_bytes", "STEPS_PER_EPOCH"]
+__all__ += ["cached", "triton_step_bytes", "STEPS_PER_EPOCH", "STEP_COMPILED_BYTES",
+            "augment_bytes_for"]

@@ -25,7 +25,6 @@ costs a second on a laptop. FLOPs come from :class:`torch.utils.flop_counter.Flo
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
 from collections import defaultdict
@@ -41,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 __all__ = [
     "OpRecord", "ByteCounter", "op_bytes", "tensor_bytes", "count_bytes", "count_flops",
     "conv_flops", "inductor_graph_bytes", "disable_compile_caches", "autograd_nodes_between",
-    "triton_bytes_fn",
+    "triton_bytes_fn", "gbps",
 ]
 
 aten = torch.ops.aten
@@ -319,14 +318,6 @@ def triton_bytes_fn(op: str) -> Callable[..., int] | None:
         return None
     fn = getattr(module, f"{op}_bytes", None)
     return fn if callable(fn) else None
-
-
-def call_with_supported(fn: Callable[..., Any], **kwargs: Any) -> Any:
-    """Call ``fn`` with the keyword arguments it declares (it may take fewer than we know)."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return fn(**kwargs)
-    return fn(**{k: v for k, v in kwargs.items() if k in params})
 
 
 def gbps(nbytes: int | None, seconds: float) -> float | None:

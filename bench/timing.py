@@ -25,11 +25,12 @@ import os
 import platform
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Samples", "TimingPlan", "compare", "rotation_count", "cache_bytes", "quantile",
+__all__ = ["Samples", "Timed", "TimingPlan", "compare", "rotation_count", "cache_bytes", "quantile",
            "device_name", "cpu_model"]
 
 
@@ -69,6 +70,19 @@ class Samples:
 
 
 @dataclass(frozen=True)
+class Timed:
+    """A candidate whose every call needs fresh, untimed preparation: ``setup()`` runs
+    outside the clock and its result is passed to ``fn`` (e.g. a forward pass whose
+    graph the timed backward consumes)."""
+
+    fn: Callable[[Any], object]
+    setup: Callable[[], Any]
+
+
+Candidate = Callable[[], object] | Timed
+
+
+@dataclass(frozen=True)
 class TimingPlan:
     """How long to measure one comparison.
 
@@ -80,7 +94,7 @@ class TimingPlan:
     budget_s: float = 4.0
     min_rounds: int = 3
     max_rounds: int = 30
-    warmup_s: float = 0.2
+    warmup_s: float = 0.2        # 0: no warm-up call (the caller's first call warmed up)
     min_sample_s: float = 2e-3
     gpu_rep_ms: float = 25.0
 
@@ -95,12 +109,13 @@ def _rotated(names: list[str], shift: int) -> list[str]:
     return names[shift:] + names[:shift]
 
 
-def compare(candidates: Mapping[str, Callable[[], object]], device: torch.device,
+def compare(candidates: Mapping[str, Candidate], device: torch.device,
             plan: TimingPlan = TimingPlan()) -> dict[str, Samples]:
-    """Time every candidate (a no-argument callable doing one call of the op), alternating.
+    """Time every candidate side by side, alternating; seconds per call of each.
 
-    Returns the samples of each candidate in seconds per call. The callables should already
-    have run once (compiled, autotuned); they may rotate through input sets themselves.
+    A candidate is a no-argument callable doing one call of the op, or a :class:`Timed`
+    whose ``setup`` runs untimed before each call. Candidates should already have run once
+    (compiled, autotuned); they may rotate through input sets themselves.
     """
     names = list(candidates)
     if not names:
@@ -110,50 +125,102 @@ def compare(candidates: Mapping[str, Callable[[], object]], device: torch.device
     return _compare_cpu(candidates, names, plan)
 
 
-def _compare_cpu(candidates: Mapping[str, Callable[[], object]], names: list[str],
+def _cpu_sample(c: Candidate, calls: int) -> float:
+    """Seconds per call, over ``calls`` calls (setups excluded)."""
+    if isinstance(c, Timed):
+        total = 0.0
+        for _ in range(calls):
+            args = c.setup()
+            start = time.perf_counter()
+            c.fn(args)
+            total += time.perf_counter() - start
+        return total / calls
+    start = time.perf_counter()
+    for _ in range(calls):
+        c()
+    return (time.perf_counter() - start) / calls
+
+
+def _compare_cpu(candidates: Mapping[str, Candidate], names: list[str],
                  plan: TimingPlan) -> dict[str, Samples]:
     calls: dict[str, int] = {}
     per_call: dict[str, float] = {}
     for name in names:                       # warm-up, and how many calls make a sample
-        fn, n, start = candidates[name], 0, time.perf_counter()
+        n, spent, start = 0, 0.0, time.perf_counter()
+        if plan.warmup_s <= 0:
+            per_call[name], calls[name] = 1.0, 1
+            continue
         while True:
-            fn()
+            spent += _cpu_sample(candidates[name], 1)
             n += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= plan.warmup_s or n >= 1000:
+            if time.perf_counter() - start >= plan.warmup_s or n >= 1000:
                 break
-        per_call[name] = elapsed / n
+        per_call[name] = spent / n
         calls[name] = max(1, math.ceil(plan.min_sample_s / max(per_call[name], 1e-9)))
     round_s = sum(per_call[n] * calls[n] for n in names)
     rounds = int(min(plan.max_rounds, max(plan.min_rounds, plan.budget_s / max(round_s, 1e-9))))
     out = {n: Samples(calls_per_sample=calls[n],
                       method=f"perf_counter, {torch.get_num_threads()} threads")
            for n in names}
+    start = time.perf_counter()
     for r in range(rounds):
+        # A machine much slower than the warm-up predicted (other jobs on the cores) must
+        # not stretch the run without end: past twice the budget, stop at min_rounds.
+        if r >= plan.min_rounds and time.perf_counter() - start > 2 * plan.budget_s:
+            break
         for name in _rotated(names, r):
-            fn, k = candidates[name], calls[name]
-            start = time.perf_counter()
-            for _ in range(k):
-                fn()
-            out[name].seconds.append((time.perf_counter() - start) / k)
+            out[name].seconds.append(_cpu_sample(candidates[name], calls[name]))
     return out
 
 
-def _compare_gpu(candidates: Mapping[str, Callable[[], object]], names: list[str],
+def _events_with_setup(c: Timed, rep_ms: float) -> list[float]:
+    """``do_bench``'s method (CUDA events, L2 cleared before each call) for a candidate
+    that needs an untimed setup before every call; milliseconds per call."""
+    from triton import runtime
+
+    driver = runtime.driver.active
+    cache = driver.get_empty_cache_for_benchmark()
+    args = c.setup()
+    torch.cuda.synchronize()
+    probe_start = torch.cuda.Event(enable_timing=True)
+    probe_end = torch.cuda.Event(enable_timing=True)
+    probe_start.record()
+    c.fn(args)
+    probe_end.record()
+    torch.cuda.synchronize()
+    reps = max(1, int(rep_ms / max(probe_start.elapsed_time(probe_end), 1e-3)))
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for i in range(reps):
+        args = c.setup()
+        driver.clear_cache(cache)
+        starts[i].record()
+        c.fn(args)
+        ends[i].record()
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+
+
+def _compare_gpu(candidates: Mapping[str, Candidate], names: list[str],
                  device: torch.device, plan: TimingPlan) -> dict[str, Samples]:
     from triton.testing import do_bench
 
-    out = {n: Samples(method="triton.testing.do_bench (CUDA events, L2 cleared)")
+    def bench_ms(c: Candidate, rep_ms: float) -> list[float]:
+        if isinstance(c, Timed):
+            return _events_with_setup(c, rep_ms)
+        return do_bench(c, warmup=1, rep=rep_ms, return_mode="all")
+
+    out = {n: Samples(method="CUDA events, L2 cleared per call (triton.testing.do_bench)")
            for n in names}
-    start = time.perf_counter()
     for name in names:                       # warm-up, untimed
-        do_bench(candidates[name], warmup=plan.warmup_s * 1e3, rep=1, return_mode="min")
+        bench_ms(candidates[name], max(plan.warmup_s * 1e3, 1.0))
+    start = time.perf_counter()
     r = 0
     while r < plan.max_rounds and (r < plan.min_rounds
                                    or time.perf_counter() - start < plan.budget_s):
         for name in _rotated(names, r):
-            ms = do_bench(candidates[name], warmup=1, rep=plan.gpu_rep_ms, return_mode="all")
-            out[name].seconds.extend(t * 1e-3 for t in ms)
+            out[name].seconds.extend(t * 1e-3 for t in bench_ms(candidates[name],
+                                                                 plan.gpu_rep_ms))
         r += 1
     _sync(device)
     return out

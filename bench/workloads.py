@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.counters import (ByteCounter, autograd_nodes_between, call_with_supported,
-                            count_flops, triton_bytes_fn)
+from bench.counters import ByteCounter, autograd_nodes_between, count_flops, triton_bytes_fn
 from bench.shapes import GHOST_BATCH, StepShape
 from model.resnet9 import ResNet9
 from train.config import CIFAR10_MEAN, CIFAR10_STD, TrainConfig
@@ -29,7 +27,8 @@ from train.step import TrainStep
 
 __all__ = [
     "runtime_for", "make_train_step", "step_inputs", "count_train_step", "StepCount",
-    "synthetic_images", "default_dtype", "STEPS_PER_EPOCH",
+    "synthetic_images", "default_dtype", "STEPS_PER_EPOCH", "triton_ghost_bn_act_bytes",
+    "triton_augment_bytes", "step_ops",
 ]
 
 #: Steps in one epoch of the recipe (50,000 images, batch 512, last partial batch dropped).
@@ -273,29 +272,91 @@ def count_train_step(shape: StepShape, dtype: torch.dtype, channels_last: bool,
 
 def triton_ghost_bn_act_bytes(shape: Sequence[int], dtype: torch.dtype, pool: bool,
                               direction: str, act: str | None = "celu") -> int | None:
-    """Bytes the Triton ghost-BN kernels move for one site, from
-    ``kernels.ghost_bn_act.ghost_bn_act_bytes``; None when the kernel module has no such
-    function (yet) or it does not take these arguments."""
+    """Bytes the Triton ghost-BN kernels move at one site in training ("fwd", "bwd" or
+    "fwd+bwd"), from ``kernels.ghost_bn_act.ghost_bn_act_bytes`` (the recipe's frozen scale,
+    splits of 32 images); None when the kernel module has no such function."""
     fn = triton_bytes_fn("ghost_bn_act")
     if fn is None:
         return None
-    with contextlib.suppress(TypeError, ValueError, NotImplementedError):
-        return int(call_with_supported(
-            fn, shape=tuple(shape), x_shape=tuple(shape), dtype=dtype, pool=pool,
-            direction=direction, backward=direction == "bwd", training=True, act=act,
-            frozen_scale=True, weight=False, splits=max(1, shape[0] // GHOST_BATCH)))
-    return None
+    b = int(shape[0])
+    kw = dict(splits=max(1, b // GHOST_BATCH) if b % GHOST_BATCH == 0 else 1,
+              learnable_scale=False, act=act)
+    fwd = int(fn(tuple(shape), dtype, pool, True, False, **kw)["triton"])
+    if direction == "fwd":
+        return fwd
+    both = int(fn(tuple(shape), dtype, pool, True, True, **kw)["triton"])
+    return both if direction == "fwd+bwd" else both - fwd
 
 
 def triton_augment_bytes(batch: int, dtype: torch.dtype, cutout_size: int, pad: int,
                          channels: int = 3, size: int = 32) -> int | None:
     """Bytes the Triton augmentation kernel moves for one batch, from
-    ``kernels.augment.augment_bytes``; None when unavailable."""
+    ``kernels.augment.augment_bytes`` (its ``fused`` total); None when unavailable."""
     fn = triton_bytes_fn("augment")
     if fn is None:
         return None
-    with contextlib.suppress(TypeError, ValueError, NotImplementedError):
-        return int(call_with_supported(
-            fn, batch=batch, out_dtype=dtype, dtype=dtype, cutout_size=cutout_size, pad=pad,
-            channels=channels, height=size, width=size, size=size))
-    return None
+    counts = fn(batch, channels, size, size, dtype, pad=pad, cutout=bool(cutout_size))
+    return int(counts["fused"]["total"])
+
+
+# ------------------------------------------------------------------------------------------
+# One step as a list of (bytes, flops) per op, per backend: the roofline's input
+# ------------------------------------------------------------------------------------------
+
+
+def step_ops(count: StepCount, backend: str, *, compiled_model_bytes: int | None = None,
+             compiled_augment_bytes: int | None = None
+             ) -> tuple[list[tuple[int, int]] | None, str]:
+    """The ops of one average step on ``backend`` as (bytes, flops), and how they were
+    counted — or (None, why not).
+
+    * ``eager``: every op the dispatch-mode counter saw; the EMA update at 1/ema_every.
+    * ``triton``: the same, with each BN site's forward and backward ops replaced by the two
+      Triton kernels' counts and the augmentation by its kernel's count
+      (``*_bytes`` functions of the kernel modules). The rest of the network stays as eager
+      ops (on a GPU the trainer also compiles it, which fuses a little more around them).
+    * ``compile``: the convolutions and matmuls as counted (Inductor calls the same extern
+      kernels), every other byte of the network as Inductor counted its compiled forward
+      and backward graphs (``compiled_model_bytes``, which includes the convolutions'
+      bytes), the augmentation as Inductor's count of its graph, the rest eager.
+    """
+    ema = count.ema_every
+
+    def scaled(r: Any) -> tuple[int, int]:
+        return (r.bytes // ema, r.flops // ema) if r.phase == "ema" else (r.bytes, r.flops)
+
+    if backend == "eager":
+        return [scaled(r) for r in count.records], "dispatch-mode count of every eager op"
+    if backend == "triton":
+        ops = [scaled(r) for r in count.records
+               if not r.phase.startswith("bn_") and r.phase != "augment"]
+        for site in count.bn_sites:
+            for direction in ("fwd", "bwd"):
+                b = triton_ghost_bn_act_bytes(site["shape"], getattr(torch, site["dtype"]),
+                                              site["pool"], direction)
+                if b is None:
+                    return None, "kernels.ghost_bn_act has no ghost_bn_act_bytes"
+                ops.append((b, 0))
+        if "augment" in count.phases:
+            a = triton_augment_bytes(count.shape.batch, getattr(torch, count.dtype), 0, 4)
+            if a is None:
+                return None, "kernels.augment has no augment_bytes"
+            ops.append((a, 0))
+        return ops, ("eager count with the BN sites and the augmentation replaced by the "
+                     "Triton kernels' byte counts")
+    if backend == "compile":
+        if compiled_model_bytes is None:
+            return None, ("needs Inductor's count of the compiled model at this shape and "
+                          "dtype, which a step benchmark at this configuration produces")
+        model = [r for r in count.records if r.phase.startswith(("model_", "bn_"))]
+        tensor_ops = [(r.bytes, r.flops) for r in model if r.flops]
+        ops = tensor_ops + [(max(0, compiled_model_bytes - sum(b for b, _ in tensor_ops)), 0)]
+        ops += [scaled(r) for r in count.records
+                if not r.phase.startswith(("model_", "bn_")) and r.phase != "augment"]
+        if "augment" in count.phases:
+            if compiled_augment_bytes is None:
+                return None, "needs Inductor's count of the compiled augmentation at this dtype"
+            ops.append((compiled_augment_bytes, 0))
+        return ops, ("Inductor's count of the compiled model and augmentation graphs, convs "
+                     "and matmuls as counted, the rest eager")
+    raise ValueError(f"unknown backend {backend!r}")

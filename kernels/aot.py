@@ -26,7 +26,6 @@ the load/store instructions.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import importlib
 import json
@@ -101,6 +100,7 @@ class KernelReport:
     has_128bit_loads: bool
     has_128bit_stores: bool
     ptxas_verbose: str
+    divisibility_hints: int          # arguments carrying tt.divisibility=16 in Triton's IR
     compile_seconds: float = field(compare=False)
 
     @property
@@ -217,137 +217,6 @@ def _run(cmd: Sequence[str]) -> str:
 # --------------------------------------------------------------------------------------------
 # Turning an AotSpec into Triton compiler inputs
 # --------------------------------------------------------------------------------------------
-
-
-def _interpreted_function_type() -> type | tuple[()]:
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-    except ImportError:  # an older/newer triton without the interpreter class
-        return ()
-    return InterpretedFunction
-
-
-# One JITFunction per Python function: cache_key is computed once and nested helpers that
-# call each other resolve to the same objects.
-_JIT_MEMO: dict[Any, Any] = {}
-
-
-def _jit_class() -> type:
-    """A JITFunction whose closure variables are converted like its globals (built lazily
-    so that importing this module never imports triton)."""
-    from triton.runtime.jit import JITFunction
-
-    global _AotJITFunction
-    if _AotJITFunction is None:
-
-        class _Converted(JITFunction):
-            def get_capture_scope(self) -> dict[str, Any]:
-                scope = super().get_capture_scope()
-                interp = _interpreted_function_type()
-                return {k: as_jit_function(v) if interp and isinstance(v, interp) else v
-                        for k, v in scope.items()}
-
-        _AotJITFunction = _Converted
-    return _AotJITFunction
-
-
-_AotJITFunction: type | None = None
-
-
-def as_jit_function(fn: Any) -> Any:
-    """``fn`` as a ``triton.runtime.jit.JITFunction`` that ``triton.compile`` accepts.
-
-    With ``TRITON_INTERPRET=1`` set (as the test-suite does) ``@triton.jit`` returns an
-    ``InterpretedFunction``, which the compiler cannot lower. Rebuild a JITFunction from the
-    same Python function, and point its globals at converted copies of every interpreted
-    helper it calls, so a CPU-only test run can still compile the real kernels.
-    """
-    _import_triton()
-    from triton.runtime.jit import JITFunction
-
-    if isinstance(fn, JITFunction):
-        return fn
-    interp = _interpreted_function_type()
-    if not (interp and isinstance(fn, interp)):
-        raise TypeError(f"expected a @triton.jit function, got {type(fn).__name__}: {fn!r}")
-    if fn.fn in _JIT_MEMO:
-        return _JIT_MEMO[fn.fn]
-    jit = _jit_class()(fn.fn, **fn.kwargs)
-    _JIT_MEMO[fn.fn] = jit  # before recursing: helpers may refer back to this function
-    scope = dict(fn.fn.__globals__)
-    for name, value in scope.items():
-        if isinstance(value, interp):
-            scope[name] = as_jit_function(value)
-    # Both the code generator (through get_capture_scope) and the cache-key dependency walk
-    # read __globals__, so replacing it covers both.
-    jit.__globals__ = scope
-    return jit
-
-
-# Swapping triton.language's functions is process-global; one compile at a time does it.
-_SWAP_LOCK = threading.RLock()
-
-
-def _wrapped_interpreted(value: Any, interp: type) -> Any | None:
-    """The InterpretedFunction behind a ``tl.tensor`` member wrapper (``x.sum()``), if any.
-
-    Under the interpreter ``_tensor_member_fn`` installs a plain closure around the
-    InterpretedFunction; without it, the JITFunction itself is the member.
-    """
-    for cell in getattr(value, "__closure__", None) or ():
-        try:
-            contents = cell.cell_contents
-        except ValueError:  # an empty cell
-            continue
-        if isinstance(contents, interp):
-            return contents
-    return None
-
-
-@contextlib.contextmanager
-def _compiler_view_of_triton() -> Iterator[None]:
-    """Make ``triton.language`` look, for the duration, as it does without TRITON_INTERPRET.
-
-    With the interpreter on, ``tl.sum``, ``tl.cdiv``, ``tl.sigmoid``, ``x.max()`` … are
-    InterpretedFunctions (or wrappers around them) that the code generator cannot call, and
-    ``constexpr_function`` results are left unwrapped. So: swap each for its JITFunction,
-    switch ``knobs.runtime.interpret`` off, and put everything back afterwards, even on error.
-    Nothing happens when the interpreter is off (the normal GPU and CLI case).
-    """
-    import triton
-
-    knobs = getattr(triton, "knobs", None)
-    interp = _interpreted_function_type()
-    if knobs is None or not knobs.runtime.interpret or not interp:
-        yield
-        return
-    # Importing the code generator pulls in gluon, which asserts at import time that
-    # interpreter mode is on or its standard functions are JITFunctions: import it first.
-    importlib.import_module("triton.compiler.code_generator")
-    import triton.language as tl
-
-    with _SWAP_LOCK:
-        saved: list[tuple[Any, str, Any]] = []
-        try:
-            modules = [m for name, m in list(sys.modules.items())
-                       if m is not None and (name == "triton.language"
-                                             or name.startswith("triton.language."))]
-            for module in modules:
-                for name, value in list(vars(module).items()):
-                    if isinstance(value, interp):
-                        saved.append((module, name, value))
-                        setattr(module, name, as_jit_function(value))
-            for name, value in list(vars(tl.tensor).items()):
-                inner = _wrapped_interpreted(value, interp)
-                if inner is not None:
-                    saved.append((tl.tensor, name, value))
-                    setattr(tl.tensor, name, as_jit_function(inner))
-            with knobs.runtime.scope():
-                knobs.runtime.interpret = False
-                yield
-        finally:
-            for owner, name, value in reversed(saved):
-                setattr(owner, name, value)
 
 
 def divisibility_attrs(spec: AotSpec, arg_names: Sequence[str]) -> dict[tuple[int, ...], list]:
@@ -500,7 +369,11 @@ def compile_kernel(spec: AotSpec, arch: int) -> Any:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fn = as_jit_function(spec.kernel)
+    if _interpreter_on():
+        raise RuntimeError(
+            "compile_kernel cannot run while TRITON_INTERPRET=1 is set (the interpreter rewires "
+            "triton.language); use compile_spec, which compiles in a separate process then")
+    fn = spec.kernel
     arg_names = list(fn.arg_names)
     signature = _check_signature(spec, arg_names)
     src = ASTSource(fn=fn, signature=signature, constexprs=dict(spec.constexprs),
@@ -509,8 +382,7 @@ def compile_kernel(spec: AotSpec, arch: int) -> Any:
     knobs = getattr(triton, "knobs", None)
     if knobs is not None:
         options["enable_fp_fusion"] = bool(knobs.language.default_fp_fusion)
-    with _compiler_view_of_triton():
-        return triton.compile(src, target=GPUTarget("cuda", int(arch), 32), options=options)
+    return triton.compile(src, target=GPUTarget("cuda", int(arch), 32), options=options)
 
 
 def compile_spec(spec: AotSpec, arch: int) -> KernelReport:
@@ -523,6 +395,8 @@ def compile_spec(spec: AotSpec, arch: int) -> KernelReport:
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
+    if _interpreter_on():
+        return compile_specs([spec], [arch])[0]
     t0 = time.perf_counter()
     kernel = compile_kernel(spec, arch)
     name = kernel.metadata.name
@@ -567,11 +441,104 @@ def compile_spec(spec: AotSpec, arch: int) -> KernelReport:
         has_128bit_loads=load_widths.get(128, 0) > 0,
         has_128bit_stores=store_widths.get(128, 0) > 0,
         ptxas_verbose=_ptxas_summary(ptxas_log),
+        divisibility_hints=kernel.asm["ttir"].count("tt.divisibility = 16"),
         compile_seconds=time.perf_counter() - t0,
     )
     with _CACHE_LOCK:
         _CACHE[key] = report_
     return report_
+
+
+# --------------------------------------------------------------------------------------------
+# Compiling while the interpreter is on
+# --------------------------------------------------------------------------------------------
+
+
+def _interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _validate(spec: AotSpec) -> None:
+    """The spec's mistakes as ValueError here, before any process is started."""
+    arg_names = list(spec.kernel.arg_names)
+    _check_signature(spec, arg_names)
+    divisibility_attrs(spec, arg_names)
+    for name, value in spec.constexprs.items():
+        if not isinstance(value, (bool, int, float, str)):
+            raise ValueError(f"{spec.label}: constexpr {name}={value!r} cannot be sent to the "
+                             "compiler process (use bool/int/float/str values)")
+
+
+def _request(spec: AotSpec, arch: int) -> dict[str, Any]:
+    fn = getattr(spec.kernel, "fn", spec.kernel)
+    return {"module": fn.__module__, "name": fn.__qualname__, "label": spec.label,
+            "signature": spec.signature, "constexprs": spec.constexprs,
+            "num_warps": spec.num_warps, "num_stages": spec.num_stages,
+            "divisible_by_16": list(spec.divisible_by_16), "arch": int(arch)}
+
+
+def _compile_in_child(jobs: Sequence[tuple[AotSpec, int]]) -> list[KernelReport]:
+    """Compile many (spec, arch) pairs in one fresh Python process with the interpreter off.
+
+    Under ``TRITON_INTERPRET=1`` the interpreter rewires parts of ``triton.language`` for the
+    rest of the process once a kernel has run, which the code generator cannot use. A child
+    process that imports each kernel anew (by module and name) sees plain Triton, whatever
+    this process has run; only JSON crosses the boundary, and one child serves a whole batch.
+    """
+    _import_triton()      # a missing triton is reported here, not from inside the child
+    for spec, _ in jobs:
+        _validate(spec)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # Each kernel's module must import in the child as it did here (test modules live on
+    # sys.path entries that pytest added).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    child = subprocess.run([sys.executable, "-m", "kernels.aot", "--child"],
+                           input=json.dumps([_request(s, a) for s, a in jobs]),
+                           capture_output=True, text=True, env=env, timeout=3600)
+    if child.returncode != 0:
+        labels = ", ".join(sorted({s.label for s, _ in jobs}))
+        raise RuntimeError(f"ahead-of-time compile of {labels} failed in the compiler "
+                           f"process:\n{child.stderr.strip()[-4000:]}")
+    return [_report_from_json(r) for r in json.loads(child.stdout.strip().splitlines()[-1])]
+
+
+def compile_specs(specs: Sequence[AotSpec], archs: Iterable[int]) -> list[KernelReport]:
+    """:func:`compile_spec` for every spec and arch (spec-major order), cached; under the
+    interpreter the uncached ones are compiled together in one separate process."""
+    jobs = [(spec, int(arch)) for spec in specs for arch in archs]
+    if _interpreter_on():
+        with _CACHE_LOCK:
+            todo = [(s, a) for s, a in jobs if _spec_key(s, a) not in _CACHE]
+        if todo:
+            for (spec, arch), rep in zip(todo, _compile_in_child(todo)):
+                with _CACHE_LOCK:
+                    _CACHE[_spec_key(spec, arch)] = rep
+    return [compile_spec(spec, arch) for spec, arch in jobs]
+
+
+def _report_from_json(data: dict[str, Any]) -> KernelReport:
+    fields = {f.name for f in dataclasses.fields(KernelReport)}
+    data = {k: v for k, v in data.items() if k in fields}
+    data["load_widths"] = {int(k): v for k, v in data["load_widths"].items()}
+    data["store_widths"] = {int(k): v for k, v in data["store_widths"].items()}
+    return KernelReport(**data)
+
+
+def _child_main() -> int:
+    """``python -m kernels.aot --child``: a JSON list of compile requests on stdin, a JSON
+    list of reports as the last line of stdout."""
+    reports = []
+    for request in json.loads(sys.stdin.read()):
+        kernel = importlib.import_module(request["module"])
+        for part in request["name"].split("."):
+            kernel = getattr(kernel, part)
+        spec = AotSpec(label=request["label"], kernel=kernel, signature=request["signature"],
+                       constexprs=request["constexprs"], num_warps=request["num_warps"],
+                       num_stages=request["num_stages"],
+                       divisible_by_16=tuple(request["divisible_by_16"]))
+        reports.append(compile_spec(spec, request["arch"]).to_json())
+    print(json.dumps(reports))
+    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -602,7 +569,7 @@ def report(archs: Iterable[int] = DEFAULT_ARCHS,
            specs: Sequence[AotSpec] | None = None) -> list[KernelReport]:
     """Compile every spec (default: :func:`all_specs`) for every arch, spec-major order."""
     specs = all_specs() if specs is None else specs
-    return [compile_spec(spec, arch) for spec in specs for arch in archs]
+    return compile_specs(specs, archs)
 
 
 def _widths_summary(widths: dict[int, int]) -> str:
@@ -638,7 +605,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--label", default=None,
                         help="only specs whose label contains this string")
     parser.add_argument("--json", type=Path, default=None, help="also write the reports here")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        return _child_main()
 
     specs = [s for s in all_specs() if args.label is None or args.label in s.label]
     if not specs:

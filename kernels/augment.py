@@ -19,14 +19,34 @@ Coordinates, exactly:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from kernels._common import check_tensor, compiled, resolve_backend
+from kernels._common import (
+    LIBRARY_NAMESPACE,
+    AotSpec,
+    check_tensor,
+    compiled,
+    interpreting,
+    resolve_backend,
+    triton_available,
+)
 
-__all__ = ["augment", "augment_reference", "random_augment_params"]
+if triton_available():
+    import triton
+    import triton.language as tl
+else:  # pragma: no cover - triton is Linux-only; the kernel is then never launched
+    from types import SimpleNamespace
+
+    triton = SimpleNamespace(jit=lambda fn: fn)
+    tl = SimpleNamespace(constexpr=int)
+
+__all__ = ["aot_specs", "augment", "augment_bytes", "augment_reference",
+           "random_augment_params"]
 
 OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -213,8 +233,9 @@ def augment(
 #   an output row *is* a contiguous run of W·C elements (96 at CIFAR size), so every thread
 #   holds 8 consecutive elements of one row and writes them with one 16-byte store (fp16/bf16)
 #   or two (fp32). BLOCK_WC is the next power of two (128 for 96): a quarter of the lanes are
-#   masked off, which costs issue slots but no memory traffic (the mask is constant over each
-#   8-element vector because W·C is a multiple of 8, so the stores stay vectorised).
+#   masked off, which costs issue slots but no memory traffic (at CIFAR size W·C = 96 is a
+#   multiple of 8, so the mask is constant over each 8-element vector and the stores stay
+#   16 bytes wide: STG.E.128 in the SASS, see :func:`aot_specs`).
 # * The source (c, h, w) of an output element splits into a per-column part (channel c =
 #   col % C, output column j = col // C → flip → crop → reflect → c·H·W + w) and a per-row
 #   part (output row i → crop → reflect → h·W). Each is computed once on a 1-D vector and
@@ -223,7 +244,7 @@ def augment(
 # * Reflect padding is index arithmetic on those vectors (-k → k, n-1+k → n-1-k; pad < n
 #   is checked, so one reflection suffices); the padded image never exists anywhere.
 # * The uint8 source reads are byte gathers: 3 KB per image, touched once from DRAM and then
-#   served by L1/L2 (a warp's 256 elements fall in ~9 short row segments of the source).
+#   served by L1/L2 (a warp covers two output rows: six 32-byte source row segments).
 # * Normalisation must equal ``(x - mean) / std`` bit for bit (PyTorch divides with IEEE
 #   rounding on CPU and CUDA). A plain multiply by r = 1/std is off by one ulp for about a
 #   quarter of the values; ``tl.div_rn`` is exact but costs ~10 instructions per element
@@ -242,22 +263,6 @@ def augment(
 # Bytes per batch of B images (E = B·C·H·W elements): read E uint8 + B·(8+16+1+16) parameter
 # bytes (int64) + 3·C·4 bytes of mean/std/(1/std); write E·sizeof(out_dtype). Nothing else.
 # :func:`augment_bytes` counts this against the eager sequence of PyTorch ops.
-
-import functools
-from typing import Any
-
-from kernels._common import AotSpec, LIBRARY_NAMESPACE, interpreting, triton_available
-
-if triton_available():
-    import triton
-    import triton.language as tl
-else:  # pragma: no cover - triton is Linux-only; the kernel is then never launched
-    from types import SimpleNamespace
-
-    triton = SimpleNamespace(jit=lambda fn: fn)
-    tl = SimpleNamespace(constexpr=int)
-
-__all__ += ["augment_bytes", "aot_specs"]
 
 #: Largest output tile (elements) one program holds: 4096 = one 32×32×3 CIFAR image padded
 #: to 32×128, i.e. 32 elements (four 8-element row vectors) per thread at 4 warps.
@@ -314,7 +319,7 @@ def _augment_fwd_kernel(
     indices_ptr,  # *i32|*i64 (B,) contiguous: data-set index of each batch image
     crop_ptr,     # *i32|*i64 (B, 2) contiguous: (row, col) window offset in the padded image
     flip_ptr,     # *u8  (B,): nonzero mirrors the image left-right (a bool tensor viewed as u8)
-    cutout_ptr,   # *i32|*i64 (B, 2) contiguous: (row, col) of the cutout square (unused if CUTOUT=0)
+    cutout_ptr,   # *i32|*i64 (B, 2) contiguous: cutout square (row, col); unused if CUTOUT=0
     stats_ptr,    # *fp32 (3, C) contiguous: mean[c], std[c], RN(1/std[c]); 0-255 scale
     out_ptr,      # *fp32|*fp16|*bf16 (B, H, W, C) contiguous = channels_last (B, C, H, W)
     C: tl.constexpr,           # channels
@@ -354,7 +359,11 @@ def _augment_fwd_kernel(
     j_src = tl.where(flipped, W - 1 - j, j)          # the unflipped column it shows
     w = _reflect(crop_x + j_src - PAD, W, PAD)       # source column in the unpadded image
     col_off = c * (H * W) + w
-    mean = tl.zeros([BLOCK_WC], dtype=tl.float32)
+    # tl.full, not tl.zeros: under TRITON_INTERPRET=1 calling a @jit function of
+    # triton.language.standard (tl.zeros, tl.cdiv, ...) leaves triton.language.core patched
+    # with the interpreter's builtins for the rest of the process (triton 3.9), which then
+    # breaks a later ahead-of-time triton.compile of any kernel in the same process.
+    mean = tl.full([BLOCK_WC], 0.0, dtype=tl.float32)
     std = tl.full([BLOCK_WC], 1.0, dtype=tl.float32)
     rcp = tl.full([BLOCK_WC], 1.0, dtype=tl.float32)
     for k in tl.static_range(C):      # 3·C scalar loads, selected per column
@@ -414,9 +423,12 @@ def _stats_tensor(mean: tuple[float, ...], std: tuple[float, ...],
 
 
 def _check_launch(data: torch.Tensor, indices: torch.Tensor, crop: torch.Tensor,
-                  flip: torch.Tensor, cutout: torch.Tensor, out_dtype: torch.dtype) -> None:
-    """What the kernel itself relies on, checked from metadata only (no device sync), so it
-    also runs when the caller passed ``validate=False``."""
+                  flip: torch.Tensor, cutout: torch.Tensor, cutout_size: int, pad: int,
+                  out_dtype: torch.dtype) -> None:
+    """What the kernel itself relies on, checked from metadata and Python ints only (no
+    device sync), so it also runs when the caller passed ``validate=False``. The parameter
+    *values* are not read back here; the kernel clamps its gather coordinates, so bad crops
+    give wrong pixels rather than out-of-bounds reads."""
     check_tensor("data", data, dtypes=[torch.uint8], ndim=4)
     ints = [torch.int32, torch.int64]
     check_tensor("indices", indices, dtypes=ints, ndim=1, device=data.device)
@@ -428,6 +440,12 @@ def _check_launch(data: torch.Tensor, indices: torch.Tensor, crop: torch.Tensor,
         raise ValueError("data must be contiguous (N, C, H, W) uint8: call .contiguous() once")
     if out_dtype not in OUT_DTYPES:
         raise TypeError(f"out_dtype must be float32, float16 or bfloat16; got {out_dtype}")
+    _, _, height, width = data.shape
+    if not 0 <= pad < min(height, width):
+        raise ValueError(f"pad must be in [0, {min(height, width) - 1}] for reflect padding; "
+                         f"got {pad}")
+    if not 0 <= cutout_size <= min(height, width):
+        raise ValueError(f"cutout_size must be in [0, {min(height, width)}]; got {cutout_size}")
 
 
 def _augment_launch(data: torch.Tensor, indices: torch.Tensor, crop: torch.Tensor,
@@ -435,7 +453,7 @@ def _augment_launch(data: torch.Tensor, indices: torch.Tensor, crop: torch.Tenso
                     mean: Sequence[float], std: Sequence[float],
                     out_dtype: torch.dtype) -> torch.Tensor:
     """Allocate the channels_last output and launch :func:`_augment_fwd_kernel` once."""
-    _check_launch(data, indices, crop, flip, cutout, out_dtype)
+    _check_launch(data, indices, crop, flip, cutout, cutout_size, pad, out_dtype)
     _, channels, height, width = data.shape
     batch = indices.shape[0]
     # (B, H, W, C) contiguous, seen as (B, C, H, W): channels_last. A fresh allocation is

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -289,8 +293,9 @@ def test_chunked_reduction_is_deterministic():
     """Several programs per split (two-stage reduction, no atomics): bitwise repeatable."""
     case = Case(F32, (8, 4, 6, 6), 1, False, "celu", True, True)
     x, bias, weight, rm, rv = make_inputs(case)
-    tiles = 8 * gba._cdiv(36, gba._tile_shape(4, 36, True, gba.TILE)[0])
-    assert gba._chunking(tiles, 1, 1, gba._target_programs(x.device))[1] > 1
+    block_q = gba._tile_shape(4, 36, True, gba.TILE)[0]
+    tiles = 8 * gba._cdiv(36, block_q)
+    assert gba._chunking(tiles, 1, 1, gba._target_programs(x.device), block_q)[1] > 1
     outs = []
     for _ in range(2):
         xs = x.clone().requires_grad_()
@@ -430,41 +435,61 @@ def test_bytes_model_at_trainer_shapes(site):
 
 
 # ---- ahead-of-time compilation ----------------------------------------------------------
-aot = pytest.importorskip("kernels.aot")
+# The compiles run in a child process without TRITON_INTERPRET: Triton 3.9's interpreter
+# leaves triton.language.core patched after running a kernel that calls @jit helpers
+# (InterpretedFunction.__call__ patches without restoring), and the code generator then
+# fails in the same process ("'value' object has no attribute 'dtype'").
+_AOT_CHILD = """
+import importlib, json, sys
+from kernels import aot
+gba = importlib.import_module("kernels.ghost_bn_act")
+labels, archs = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+specs = [s for s in gba.aot_specs() if s.label in labels]
+assert len(specs) == len(labels), "unknown labels"
+print(json.dumps([aot.compile_spec(s, a).to_json() for s in specs for a in archs]))
+"""
 
 
-def _representative_specs():
-    """One spec per kernel × (pool, no pool) × dtype: quick enough for every run."""
+def _compile_in_child(labels: list[str], archs: list[int]) -> list[dict]:
+    pytest.importorskip("kernels.aot")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _AOT_CHILD, json.dumps(labels),
+                           json.dumps(archs)], env=env, capture_output=True, text=True,
+                          timeout=1800, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _representative_labels() -> list[str]:
+    """One spec per kernel × pool/no pool × dtype × train/eval: quick enough for every run."""
     seen, out = set(), []
     for spec in gba.aot_specs():
-        key = (spec.kernel, spec.constexprs.get("POOL"), spec.signature.get("x_ptr",
-               spec.signature.get("src_ptr")), spec.constexprs.get("TRAINING"))
+        key = (spec.kernel, spec.constexprs.get("POOL"), spec.constexprs.get("TRAINING"),
+               spec.signature.get("x_ptr", spec.signature.get("src_ptr")))
         if key not in seen:
             seen.add(key)
-            out.append(spec)
+            out.append(spec.label)
     return out
 
 
-def _check_reports(specs, arch):
-    for spec in specs:
-        r = aot.compile_spec(spec, arch)
-        assert r.spill_bytes == 0 and r.local_bytes == 0, f"{spec.label}@{r.arch} spills: {r}"
-        assert r.local_memory_instructions == 0, spec.label
-        if spec.kernel is not gba._ghost_bn_act_bwd_finalize_kernel and \
-                spec.kernel is not gba._ghost_bn_act_fwd_finalize_kernel:
+def _check_reports(reports: list[dict]) -> None:
+    assert reports
+    for r in reports:
+        where = f"{r['label']}@{r['arch']}"
+        assert r["spill_bytes"] == 0 and r["local_bytes"] == 0, f"{where} spills: {r}"
+        assert r["local_memory_instructions"] == 0, where
+        if "finalize" not in r["label"]:
             # channels_last with C a multiple of 16: the streaming loads are 16-byte vectors
-            assert r.has_128bit_loads, f"{spec.label}@{r.arch}: {r.global_loads}"
+            assert r["has_128bit_loads"], f"{where}: {r['global_loads']}"
 
 
-@pytest.mark.parametrize("arch", [80, 90])
-def test_aot_representative_specs_compile_without_spills(arch):
-    _check_reports(_representative_specs(), arch)
+def test_aot_representative_specs_compile_without_spills():
+    _check_reports(_compile_in_child(_representative_labels(), [80, 90]))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", [80, 90])
-def test_aot_all_specs_compile_without_spills(arch):
+def test_aot_all_specs_compile_without_spills():
     t0 = time.perf_counter()
-    specs = gba.aot_specs()
-    _check_reports(specs, arch)
-    print(f"{len(specs)} specs for sm_{arch} in {time.perf_counter() - t0:.0f} s")
+    labels = [s.label for s in gba.aot_specs()]
+    _check_reports(_compile_in_child(labels, [80, 90]))
+    print(f"{len(labels)} specs × 2 archs in {time.perf_counter() - t0:.0f} s")

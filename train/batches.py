@@ -48,14 +48,27 @@ class AugmentedBatches:
         return self.images.shape[0] // self.batch_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.epoch()
+
+    def epoch(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch's batches from batch index ``start`` on.
+
+        The whole epoch's permutation and augmentation choices are drawn whatever ``start``
+        is, so that an epoch resumed with the generator state of its beginning sees exactly
+        the batches it would have seen, and leaves the generator where the uninterrupted
+        epoch would have left it. The skipped batches are never augmented.
+        """
+        if not 0 <= start <= len(self):
+            raise ValueError(f"an epoch has {len(self)} batches; cannot start at {start}")
         count, device = self.images.shape[0], self.images.device
         order = torch.randperm(count, device=device, generator=self.generator)
         crop, flip, cutout = kernels.random_augment_params(
             count, pad=self.pad, cutout_size=self.cutout, height=self.images.shape[2],
             width=self.images.shape[3], flip=self.flip, device=device,
             generator=self.generator)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            batch = slice(start, start + self.batch_size)
+        for first in range(start * self.batch_size, len(self) * self.batch_size,
+                           self.batch_size):
+            batch = slice(first, first + self.batch_size)
             indices = order[batch]
             inputs = kernels.augment(
                 self.images, indices, crop[batch], flip[batch], cutout[batch],

@@ -2,6 +2,9 @@
 
 Flags are parsed before ``kernels`` is imported, because running the Triton kernels on the
 CPU (``--backend triton --device cpu``) needs ``TRITON_INTERPRET=1`` set before that import.
+
+Exit codes: 0 done; 2 bad flags, or a checkpoint of a different run; 3 unreadable data or
+checkpoint; 4 the training diverged; 130 / 143 stopped by SIGINT / SIGTERM (128 + signal).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from train.config import (BACKEND_CHOICES, CPU_QUICK_OVERRIDES, PRECISION_CHOICE
                           TrainConfig)
 
 EXIT_OK, EXIT_USAGE, EXIT_DATA, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
+EXIT_TERMINATED = 143      # SIGTERM: 128 + 15, as a shell reports a process it killed
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train ResNet9 on CIFAR-10 with the 'bag of tricks' recipe (94%% in "
                     "10 epochs). Without a GPU it runs a CPU-sized configuration unless "
                     "--full is given.",
+        epilog="exit codes: 0 done; 2 bad flags, or --resume of a different run; 3 "
+               "unreadable data or checkpoint; 4 the loss diverged; 130 / 143 stopped by "
+               "SIGINT / SIGTERM (after saving, with --checkpoint)",
         argument_default=argparse.SUPPRESS)
     add = p.add_argument
     g = p.add_argument_group("data")
@@ -89,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", choices=PRECISION_CHOICES)
     g.add_argument("--warmup-steps", type=int, help="throwaway steps before the clock")
     g.add_argument("--json", metavar="PATH", help="write every figure and the config here")
+    g.add_argument("--checkpoint", metavar="PATH",
+                   help="save the run here at every epoch end and when stopped by Ctrl-C or "
+                        "SIGTERM (written atomically; a fresh run overwrites it); with --runs "
+                        "N, one file per run, named with its seed before the suffix: "
+                        "ck.pt -> ck.seed0.pt, ck.seed1.pt, ...")
+    g.add_argument("--resume", metavar="PATH",
+                   help="continue the run(s) saved at PATH (same naming as --checkpoint), "
+                        "bit for bit on the CPU; give the same recipe flags as the stopped "
+                        "run. Finished runs are read back, runs without a file start afresh. "
+                        "Keeps saving to PATH unless --checkpoint says otherwise")
     add("--full", action="store_true",
         help="on a CPU, run the full recipe anyway (hours) instead of the CPU-sized one")
     g = p.add_argument_group("research")
@@ -103,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Flags of the parser that are not configuration fields.
-_NOT_CONFIG = ("full", "preset", "list_presets", "plot")
+_NOT_CONFIG = ("full", "preset", "list_presets", "plot", "checkpoint", "resume")
 
 
 def config_from_args(args: argparse.Namespace, *, has_gpu: bool) -> tuple[TrainConfig, str | None]:
@@ -148,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_USAGE, str(error))
     if note:
         print(note, flush=True)
-    return run(config, plot_dir=getattr(args, "plot", None))
+    return run(config, plot_dir=getattr(args, "plot", None),
+               checkpoint=getattr(args, "checkpoint", None), resume=getattr(args, "resume", None))
 
 
 def load_data(config: TrainConfig):
@@ -165,12 +183,20 @@ def load_data(config: TrainConfig):
     return data
 
 
-def run(config: TrainConfig, plot_dir: str | None = None) -> int:
-    """Load the data, train ``config.runs`` runs, print the table and summary."""
+def run(config: TrainConfig, plot_dir: str | None = None, checkpoint: str | None = None,
+        resume: str | None = None) -> int:
+    """Load the data, train ``config.runs`` runs, print the table and summary.
+
+    ``checkpoint`` and ``resume`` are the flags' paths (one file per run with several runs,
+    see :func:`train.checkpoint.run_checkpoint_path`); resuming keeps saving to ``resume``
+    unless ``checkpoint`` names another path.
+    """
+    from train.checkpoint import (CheckpointError, CheckpointMismatch, data_fingerprint,
+                                  resume_paths, run_checkpoint_path, stop_on_signals)
     from train.data import DataError
     from train.report import format_header, format_summary, write_json
     from train.runtime import resolve_runtime
-    from train.trainer import Trainer, TrainingDiverged
+    from train.trainer import Trainer, TrainingDiverged, TrainingInterrupted
 
     try:
         runtime = resolve_runtime(config)
@@ -181,6 +207,26 @@ def run(config: TrainConfig, plot_dir: str | None = None) -> int:
     except DataError as error:
         return _fail(EXIT_DATA, str(error))
 
+    seeds = [config.seed + index for index in range(config.runs)]
+    save_to = checkpoint or resume
+    saves = [None if save_to is None else run_checkpoint_path(save_to, seed, config.runs)
+             for seed in seeds]
+    resumes = [None] * config.runs
+    try:    # a bad checkpoint is reported before any warm-up
+        if resume is not None:
+            resumes = resume_paths(resume, seeds, config=config, runtime=runtime,
+                                   data=data_fingerprint(data))
+    except CheckpointMismatch as error:
+        return _fail(EXIT_USAGE, str(error))
+    except CheckpointError as error:
+        return _fail(EXIT_DATA, str(error))
+
+    for path in saves:
+        if path is not None and path.is_dir():
+            return _fail(EXIT_USAGE, f"--checkpoint {path} is a folder; name a file in it")
+        if path is not None and resume is None and path.exists():
+            print(f"note: {path} exists and will be overwritten (--resume {path} continues "
+                  "it instead)", flush=True)
     print(f"device: {runtime.device_name} | backend {runtime.backend} | "
           f"{str(runtime.dtype).replace('torch.', '')} | {data.train_images.shape[0]} train / "
           f"{data.test_images.shape[0]} test images | width {config.width} | batch "
@@ -189,13 +235,24 @@ def run(config: TrainConfig, plot_dir: str | None = None) -> int:
     try:
         trainer = Trainer(config, runtime, data, log=lambda line: print(line, flush=True))
         print(f"warm-up (compile, autotune; not timed): {trainer.warmup_time:.1f} s", flush=True)
-        for index in range(config.runs):
-            if config.runs > 1:
-                print(f"run {index + 1}/{config.runs} (seed {config.seed + index})")
-            print(format_header(), flush=True)
-            results.append(trainer.run(config.seed + index))
+        with stop_on_signals() as stop:     # from here on a signal stops between steps
+            for index, seed in enumerate(seeds):
+                if config.runs > 1:
+                    print(f"run {index + 1}/{config.runs} (seed {seed})")
+                print(format_header(), flush=True)
+                results.append(trainer.run(seed, checkpoint=saves[index],
+                                           resume=resumes[index], stop=stop))
     except TrainingDiverged as error:
         return _fail(EXIT_DIVERGED, str(error))
+    except TrainingInterrupted as error:
+        code = EXIT_TERMINATED if error.signal_name == "SIGTERM" else EXIT_INTERRUPTED
+        hint = (f"; continue with --resume {save_to} and the same flags"
+                if error.checkpoint is not None or (save_to is not None and results) else "")
+        return _fail(code, f"{error}{hint}")
+    except CheckpointMismatch as error:
+        return _fail(EXIT_USAGE, str(error))
+    except CheckpointError as error:
+        return _fail(EXIT_DATA, str(error))
     except KeyboardInterrupt:
         return _fail(EXIT_INTERRUPTED, "interrupted")
     print(format_summary(results, trainer.warmup_time), flush=True)

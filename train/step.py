@@ -1,5 +1,9 @@
 """One optimisation step of the recipe: forward, summed label-smoothed loss, backward,
-Nesterov SGD at the scheduled rate, and the periodic weight-average update."""
+Nesterov SGD at the scheduled rate, and the periodic weight-average update.
+
+:meth:`TrainStep.state_dict` holds everything a resumed run needs besides the model's own
+weights: the schedule position, the optimiser's momentum, the weight average.
+"""
 
 from __future__ import annotations
 
@@ -64,3 +68,26 @@ class TrainStep:
         if self.ema is not None and self.steps % self.ema_every == 0:
             self.ema.update()
         return loss.detach(), (logits.detach().argmax(dim=1) == labels).sum()
+
+    def state_dict(self) -> dict:
+        """Schedule position, optimiser and weight-average state (live tensors: save them
+        before the next step). Reads ``first_bad_step`` back: one device sync, so call it
+        only when checkpointing."""
+        return {
+            "steps": self.steps,
+            "last_lr": self.last_lr,
+            "first_bad_step": int(self.first_bad_step.item()),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict` of a step built with the same configuration."""
+        if (state["ema"] is None) != (self.ema is None):
+            raise ValueError("the saved step and this one disagree on the weight average")
+        self.steps = int(state["steps"])
+        self.last_lr = float(state["last_lr"])
+        self.first_bad_step.fill_(int(state["first_bad_step"]))
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])

@@ -12,9 +12,14 @@ excludes: the one-off compile/autotune warm-up (reported separately) and evaluat
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
+import functools
+import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,6 +29,9 @@ from torch import nn
 from model.resnet9 import ResNet9, ResNet9Config
 from model.whitening import whitening_filters_from_data
 from train.batches import AugmentedBatches
+from train.checkpoint import (CheckpointMismatch, EpochProgress, StopRequest, check_compatible,
+                              data_fingerprint, is_finished, load_checkpoint, make_checkpoint,
+                              restore_rng_states, save_atomic, stop_on_signals)
 from train.config import CIFAR10_MEAN, CIFAR10_STD, TrainConfig
 from train.evaluate import evaluate
 from train.presets import data_on_device
@@ -36,6 +44,28 @@ if TYPE_CHECKING:
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the likely cause."""
+
+
+class TrainingInterrupted(Exception):
+    """A run stopped on request (SIGINT / SIGTERM) after saving what it could.
+
+    Attributes:
+        signal_name: ``"SIGINT"`` or ``"SIGTERM"``.
+        checkpoint: where the run was saved, or None when nothing was.
+    """
+
+    def __init__(self, signal_name: str, checkpoint: str | os.PathLike | None,
+                 progress: EpochProgress | None) -> None:
+        self.signal_name = signal_name
+        self.checkpoint = None if progress is None else checkpoint
+        if progress is None:
+            place = "before the run began"
+        elif progress.batches_done == 0:
+            place = f"at the end of epoch {progress.epoch - 1}"
+        else:
+            place = f"in epoch {progress.epoch} after {progress.batches_done} steps"
+        saved = "nothing saved" if self.checkpoint is None else f"saved {self.checkpoint}"
+        super().__init__(f"interrupted by {signal_name} {place} ({saved})")
 
 
 @dataclass
@@ -59,6 +89,7 @@ class RunResult:
     setup_time: float = 0.0          # data to device + whitening (inside total time)
     train_time: float = 0.0          # the headline: setup + all training steps
     eval_time: float = 0.0           # excluded from train_time
+    checkpoint_time: float = 0.0     # writing checkpoints; excluded from train_time
 
     @property
     def test_acc(self) -> float:
@@ -76,6 +107,34 @@ def model_config(config: TrainConfig, backend: str) -> ResNet9Config:
         ghost_splits=config.ghost_splits, frozen_bn_scale=config.frozen_bn_scale,
         pool_before_bn=config.pool_before_bn, whitening=config.whitening,
         output_scale=config.output_scale, backend=backend)
+
+
+def _run_result(saved: dict) -> RunResult:
+    """A :class:`RunResult` from its ``dataclasses.asdict`` form (as checkpoints hold it)."""
+    return RunResult(**{**saved, "rows": [EpochRow(**row) for row in saved["rows"]]})
+
+
+def _watch_signals(stop: StopRequest | None, saving: bool
+                   ) -> contextlib.AbstractContextManager[StopRequest]:
+    """SIGINT and SIGTERM become a stop request when someone watches for it (``stop``) or
+    there is a checkpoint to save; otherwise they keep their usual effect."""
+    if stop is None and not saving:
+        return contextlib.nullcontext(StopRequest())
+    return stop_on_signals(stop)
+
+
+@contextlib.contextmanager
+def _progress_bar(epoch: int, steps: int, done: int) -> Iterator:
+    """A transient per-epoch progress line on stderr, only when stderr is a terminal (the
+    table rows on stdout stay clean). It counts steps on the host: no device sync."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch}", unit="step", leave=False,
+               file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def _kernel_backend(runtime: Runtime) -> str:
@@ -98,6 +157,7 @@ class Trainer:
                  log: Callable[[str], None] = print) -> None:
         self.config, self.runtime, self.data, self.log = config, runtime, data, log
         self.whitening = None     # the latest run's WhiteningFilters (for plots)
+        self.data_fingerprint = data_fingerprint(data)   # what checkpoints are checked against
         self.model = self._new_model(seed=config.seed)
         self.eval_model = copy.deepcopy(self.model).eval()
         compile_it = runtime.backend == "compile" or (
@@ -188,9 +248,27 @@ class Trainer:
         return time.perf_counter() - start
 
     # ------------------------------------------------------------------ one run
-    def run(self, seed: int) -> RunResult:
-        """Train from a fresh initialisation with ``seed``; log one row per epoch."""
+    def run(self, seed: int, *, checkpoint: str | os.PathLike | None = None,
+            resume: str | os.PathLike | None = None, stop: StopRequest | None = None
+            ) -> RunResult:
+        """Train from a fresh initialisation with ``seed``; log one row per epoch.
+
+        Args:
+            checkpoint: save the run's state here at every epoch end and when a stop is
+                requested (atomically; see :mod:`train.checkpoint`).
+            resume: continue the run saved in this checkpoint instead of starting afresh
+                (a finished one is only read back).
+            stop: the stop request to watch between steps. With it or ``checkpoint``,
+                SIGINT and SIGTERM request a stop for the duration of the run (previous
+                handlers restored after); the run then saves and raises
+                :class:`TrainingInterrupted`.
+        Raises:
+            TrainingDiverged, TrainingInterrupted, train.checkpoint.CheckpointError.
+        """
         c, rt = self.config, self.runtime
+        saved = self._read_checkpoint(resume, seed) if resume is not None else None
+        if saved is not None and is_finished(saved):
+            return self._finished_run(saved)
         result = RunResult(seed=seed)
         self.model.load_state_dict(self._new_model(seed).state_dict())
         self.model.train()
@@ -214,34 +292,65 @@ class Trainer:
         batches = self._batches(train_images, train_labels, generator)
         step = TrainStep(self.model, self.train_forward, c, rt, steps_per_epoch=len(batches))
         rt.synchronize()
-        result.setup_time = time.perf_counter() - clock
-        total = result.setup_time
+        result.setup_time = result.train_time = time.perf_counter() - clock
+        progress = EpochProgress.begin(1, generator, rt.device)
+        if saved is not None:   # pick up where the checkpoint stopped (times add up)
+            progress = self._restore(saved, step, generator, result)
+        save = functools.partial(self._save_checkpoint, checkpoint, step, result)
 
-        for epoch in range(1, c.epochs + 1):
-            epoch_start = time.perf_counter()
-            loss_sum = torch.zeros((), device=rt.device)
-            correct = torch.zeros((), dtype=torch.int64, device=rt.device)
-            for inputs, labels in batches:
-                step_loss, step_correct = step(inputs, labels)
-                loss_sum += step_loss
-                correct += step_correct
-            seen = len(batches) * c.batch_size
-            train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen  # one sync
-            epoch_time = time.perf_counter() - epoch_start
-            total += epoch_time
-            self._check_finite(step, epoch)
-
-            test_loss = test_acc = None
-            if self._should_evaluate(epoch):      # evaluation is off the clock
-                eval_start = time.perf_counter()
-                test_loss, test_acc = self._evaluate(test_images, test_labels, step)
-                self.model.train()
-                result.eval_time += time.perf_counter() - eval_start
-            result.rows.append(EpochRow(epoch, step.last_lr * c.batch_size, train_loss, train_acc,
-                                        test_loss, test_acc, epoch_time, total))
-            self.log_row(result.rows[-1])
-        result.train_time = total
+        with _watch_signals(stop, checkpoint is not None) as stop:
+            if stop.requested:          # asked to stop before this run began
+                raise TrainingInterrupted(stop.name, None, None)
+            while progress.epoch <= c.epochs:
+                self._train_epoch(batches, step, progress, stop)
+                if progress.batches_done < len(batches):       # stopped between two steps
+                    self._check_finite(step, progress.epoch)   # never save a diverged state
+                    save(progress)
+                    raise TrainingInterrupted(stop.name, checkpoint, progress)
+                result.rows.append(self._end_epoch(progress, step, result, test_images,
+                                                   test_labels))
+                self.log_row(result.rows[-1])
+                progress = EpochProgress.begin(progress.epoch + 1, generator, rt.device)
+                save(progress)
+                if stop.requested and progress.epoch <= c.epochs:  # stopped at an epoch end
+                    raise TrainingInterrupted(stop.name, checkpoint, progress)
         return result
+
+    def _train_epoch(self, batches: AugmentedBatches, step: TrainStep,
+                     progress: EpochProgress, stop: StopRequest) -> None:
+        """The epoch's remaining steps, accumulated into ``progress``; returns early when a
+        stop is requested (checked between steps: a Python bool, no device sync)."""
+        start = time.perf_counter()
+        with _progress_bar(progress.epoch, len(batches), progress.batches_done) as bar:
+            for inputs, labels in batches.epoch(start=progress.batches_done):
+                step_loss, step_correct = step(inputs, labels)
+                progress.loss_sum += step_loss
+                progress.correct += step_correct
+                progress.batches_done += 1
+                bar.update()
+                if stop.requested and progress.batches_done < len(batches):
+                    break
+        self.runtime.synchronize()   # so that the epoch's time covers its work
+        progress.elapsed += time.perf_counter() - start
+
+    def _end_epoch(self, progress: EpochProgress, step: TrainStep, result: RunResult,
+                   test_images: torch.Tensor, test_labels: torch.Tensor) -> EpochRow:
+        """The finished epoch's row: its training metrics (one sync), the divergence check,
+        and the evaluation when due (off the clock)."""
+        c, epoch = self.config, progress.epoch
+        seen = progress.batches_done * c.batch_size
+        train_loss = progress.loss_sum.item() / seen
+        train_acc = progress.correct.item() / seen
+        result.train_time += progress.elapsed
+        self._check_finite(step, epoch)
+        test_loss = test_acc = None
+        if self._should_evaluate(epoch):
+            eval_start = time.perf_counter()
+            test_loss, test_acc = self._evaluate(test_images, test_labels, step)
+            self.model.train()
+            result.eval_time += time.perf_counter() - eval_start
+        return EpochRow(epoch, step.last_lr * c.batch_size, train_loss, train_acc, test_loss,
+                        test_acc, progress.elapsed, result.train_time)
 
     def _check_finite(self, step: TrainStep, epoch: int) -> None:
         bad = int(step.first_bad_step.item())
@@ -250,6 +359,57 @@ class Trainer:
                 f"the training loss became NaN or infinite at step {bad} (epoch {epoch}): "
                 f"the learning rate is probably too high for this setting (peak --lr "
                 f"{self.config.lr}, batch {self.config.batch_size}); lower --lr")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self, path: str | os.PathLike | None, step: TrainStep,
+                         result: RunResult, progress: EpochProgress) -> None:
+        """Write the run's state to ``path`` (nothing when None); off the clock."""
+        if path is None:
+            return
+        start = time.perf_counter()
+        payload = make_checkpoint(
+            config=self.config, runtime=self.runtime, data=self.data_fingerprint,
+            seed=result.seed, steps_per_epoch=step.steps_per_epoch, progress=progress,
+            model=self.model, step_state=step.state_dict(), result=dataclasses.asdict(result))
+        save_atomic(payload, path)
+        result.checkpoint_time += time.perf_counter() - start
+
+    def _read_checkpoint(self, path: str | os.PathLike, seed: int) -> dict:
+        saved = load_checkpoint(path)
+        check_compatible(saved, config=self.config, runtime=self.runtime,
+                         data=self.data_fingerprint, seed=seed, path=path)
+        return saved
+
+    def _restore(self, saved: dict, step: TrainStep, generator: torch.Generator,
+                 result: RunResult) -> EpochProgress:
+        """Load the saved model, optimiser, weight average, RNG states and results into this
+        run; return the epoch progress to continue from. ``result`` keeps this process's
+        setup time on top of the saved times (the data did move and whiten again)."""
+        if int(saved["steps_per_epoch"]) != step.steps_per_epoch:
+            raise CheckpointMismatch(
+                f"the checkpoint has {saved['steps_per_epoch']} steps per epoch; this run "
+                f"has {step.steps_per_epoch}")
+        self.model.load_state_dict(saved["model"])
+        step.load_state_dict(saved["step"])
+        restore_rng_states(saved["rng"])
+        progress = EpochProgress.from_dict(saved["progress"], self.runtime.device)
+        generator.set_state(progress.generator_state)
+        before = _run_result(saved["result"])
+        result.rows = before.rows
+        for row in result.rows:       # the table so far, so that it reads whole
+            self.log_row(row)
+        result.setup_time += before.setup_time
+        result.train_time += before.train_time
+        result.eval_time, result.checkpoint_time = before.eval_time, before.checkpoint_time
+        return progress
+
+    def _finished_run(self, saved: dict) -> RunResult:
+        """A run the checkpoint holds to the end: its weights and table, nothing retrained."""
+        self.model.load_state_dict(saved["model"])
+        result = _run_result(saved["result"])
+        for row in result.rows:
+            self.log_row(row)
+        return result
 
     # ------------------------------------------------------------------ output
     def log_row(self, row: EpochRow) -> None:

@@ -1,0 +1,43 @@
+"""Ghost BN (+ pool) + CELU at every BN site of ResNet9, forward, backward and both:
+eager reference vs ``torch.compile`` vs the Triton kernels (GPU only).
+
+    pytest bench/test_ghost_bn_act_bench.py --benchmark-only [--bench-quick]
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.cases import cached, ghost_bn_act_comparison, not_measured
+from bench.conftest import run_candidate, settings_from
+from bench.shapes import RECIPE_BATCH, bn_sites, quick_bn_sites
+
+BACKENDS = ("eager", "compile", "triton")
+DIRECTIONS = ("fwd", "bwd", "fwd+bwd")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "site" not in metafunc.fixturenames:
+        return
+    s = settings_from(metafunc.config)
+    if s.quick:
+        sites = quick_bn_sites(RECIPE_BATCH)
+        not_measured("ghost_bn_act: the other BN sites and full width",
+                     "--quick times two quarter-width sites (layer1 with pool, res1 without)")
+    else:
+        sites = [site for w in s.widths for site in bn_sites(RECIPE_BATCH, w)]
+        if 1.0 not in s.widths:
+            not_measured("ghost_bn_act at full width",
+                         f"not in --bench-widths on {s.device.type} (pass --widths 1,0.25 "
+                         "to include it; minutes per site on a CPU)")
+    metafunc.parametrize("site", sites, ids=[site.label for site in sites])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_ghost_bn_act(benchmark, settings, site, direction, backend):
+    comparison = cached(
+        f"ghost_bn_act/{site.label}/{direction}",
+        lambda: ghost_bn_act_comparison(site, direction, settings.device, settings.dtype,
+                                        settings.channels_last, BACKENDS))
+    run_candidate(benchmark, comparison, backend, settings)
