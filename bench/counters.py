@@ -29,7 +29,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,7 +58,8 @@ _GATHERS = {"index", "index_select", "gather", "take", "embedding", "_unsafe_ind
 #: Metadata queries that take a tensor but move no data.
 _METADATA = {"is_contiguous", "is_strides_like_format", "is_non_overlapping_and_dense",
              "size", "sym_size", "stride", "sym_stride", "storage_offset", "numel",
-             "sym_numel", "dim", "_local_scalar_dense", "is_same_size", "_has_compatible_shallow_copy_type"}
+             "sym_numel", "dim", "_local_scalar_dense", "is_same_size",
+             "_has_compatible_shallow_copy_type"}
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
@@ -270,9 +271,10 @@ _metrics_on = False
 
 
 def disable_compile_caches() -> None:
-    """Make every ``torch.compile`` in this process compile for real (no FX-graph or
-    AOT-autograd cache hits): the compile times reported are then cold, as on a fresh
-    machine, and Inductor computes the byte counts that only a real compile produces."""
+    """Make every ``torch.compile`` in this process lower its graphs for real (no FX-graph
+    or AOT-autograd cache hits), so that Inductor computes the byte counts that only a real
+    compile produces. Its cache of built kernels stays on: compile times on a machine that
+    ran the bench before are shorter than on a fresh one."""
     import torch._functorch.config as functorch_config
     import torch._inductor.config as inductor_config
 

@@ -1,9 +1,11 @@
 """Process set-up for benchmarking, and the facts every result file names.
 
 :func:`configure` is called once before anything is compiled or timed (by
-``bench/conftest.py``): compile caches off (cold compile times, and Inductor's byte counts
-only exist for a real compile), a recompile limit large enough for one compiled reference
-per BN shape, and ``torch.backends.cudnn.benchmark`` on as the trainer sets it.
+``bench/conftest.py``): the FX-graph and AOT-autograd caches off, so that Inductor lowers
+every graph again and counts its bytes (its compiled-kernel cache stays on, so a second run
+on the same machine compiles faster than a fresh one), a recompile limit large enough for
+one compiled reference per BN shape, and ``torch.backends.cudnn.benchmark`` on as the
+trainer sets it.
 """
 
 from __future__ import annotations

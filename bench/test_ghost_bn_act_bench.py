@@ -28,8 +28,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         sites = [site for w in s.widths for site in bn_sites(RECIPE_BATCH, w)]
         if 1.0 not in s.widths:
             not_measured("ghost_bn_act at full width",
-                         f"not in --bench-widths on {s.device.type} (pass --widths 1,0.25 "
-                         "to include it; minutes per site on a CPU)")
+                         f"not in the widths on {s.device.type} (python -m bench --widths "
+                         "1,0.25, or pytest --bench-widths 1,0.25; minutes per site on a CPU)")
     metafunc.parametrize("site", sites, ids=[site.label for site in sites])
 
 

@@ -9,6 +9,9 @@ alike instead of the one that happened to run last.
 * **GPU** — each round calls :func:`triton.testing.do_bench` on each candidate, which times
   with CUDA events and clears the L2 cache between repetitions; the candidates themselves
   rotate through several input sets bigger than the L2 (see :func:`rotation_count`).
+  Candidates that need an untimed setup per call (a backward consuming a fresh forward) and
+  calls longer than :data:`SLOW_CALL_MS` (an epoch) are timed the same way — events, L2
+  cleared — by :func:`_events_calls`.
 * **CPU** — a warm-up, then repeated calls timed with :func:`time.perf_counter` (the CPU
   runs synchronously, so the wall time of the call is the op's time). A sample is one call,
   or the mean of several calls when one call is shorter than ``min_sample_s``.
@@ -173,22 +176,17 @@ def _compare_cpu(candidates: Mapping[str, Candidate], names: list[str],
     return out
 
 
-def _events_with_setup(c: Timed, rep_ms: float) -> list[float]:
-    """``do_bench``'s method (CUDA events, L2 cleared before each call) for a candidate
-    that needs an untimed setup before every call; milliseconds per call."""
+def _as_timed(c: Candidate) -> Timed:
+    return c if isinstance(c, Timed) else Timed(fn=lambda _: c(), setup=lambda: None)
+
+
+def _events_calls(c: Timed, reps: int) -> list[float]:
+    """``do_bench``'s method — CUDA events around each call, the L2 cache cleared before
+    it — with ``c.setup()`` run untimed before every call; milliseconds per call."""
     from triton import runtime
 
     driver = runtime.driver.active
     cache = driver.get_empty_cache_for_benchmark()
-    args = c.setup()
-    torch.cuda.synchronize()
-    probe_start = torch.cuda.Event(enable_timing=True)
-    probe_end = torch.cuda.Event(enable_timing=True)
-    probe_start.record()
-    c.fn(args)
-    probe_end.record()
-    torch.cuda.synchronize()
-    reps = max(1, int(rep_ms / max(probe_start.elapsed_time(probe_end), 1e-3)))
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     for i in range(reps):
@@ -201,26 +199,37 @@ def _events_with_setup(c: Timed, rep_ms: float) -> list[float]:
     return [s.elapsed_time(e) for s, e in zip(starts, ends)]
 
 
+#: Calls longer than this (ms) are timed one per round instead of by ``do_bench``, whose
+#: five-call estimate and repetitions would take minutes for a seconds-long epoch.
+SLOW_CALL_MS = 100.0
+
+
 def _compare_gpu(candidates: Mapping[str, Candidate], names: list[str],
                  device: torch.device, plan: TimingPlan) -> dict[str, Samples]:
     from triton.testing import do_bench
 
-    def bench_ms(c: Candidate, rep_ms: float) -> list[float]:
-        if isinstance(c, Timed):
-            return _events_with_setup(c, rep_ms)
-        return do_bench(c, warmup=1, rep=rep_ms, return_mode="all")
-
     out = {n: Samples(method="CUDA events, L2 cleared per call (triton.testing.do_bench)")
            for n in names}
-    for name in names:                       # warm-up, untimed
-        bench_ms(candidates[name], max(plan.warmup_s * 1e3, 1.0))
+    per_call_ms: dict[str, float] = {}
+    for name in names:                       # warm-up (untimed) and a first estimate
+        per_call_ms[name] = _events_calls(_as_timed(candidates[name]), 1)[0]
+        if per_call_ms[name] < SLOW_CALL_MS and not isinstance(candidates[name], Timed):
+            do_bench(candidates[name], warmup=max(plan.warmup_s * 1e3, 1.0), rep=1)
+
+    def bench_ms(name: str) -> list[float]:
+        c = candidates[name]
+        if per_call_ms[name] >= SLOW_CALL_MS:
+            return _events_calls(_as_timed(c), 1)
+        if isinstance(c, Timed):
+            return _events_calls(c, max(1, int(plan.gpu_rep_ms / max(per_call_ms[name], 1e-3))))
+        return do_bench(c, warmup=1, rep=plan.gpu_rep_ms, return_mode="all")
+
     start = time.perf_counter()
     r = 0
     while r < plan.max_rounds and (r < plan.min_rounds
                                    or time.perf_counter() - start < plan.budget_s):
         for name in _rotated(names, r):
-            out[name].seconds.extend(t * 1e-3 for t in bench_ms(candidates[name],
-                                                                 plan.gpu_rep_ms))
+            out[name].seconds.extend(t * 1e-3 for t in bench_ms(name))
         r += 1
     _sync(device)
     return out

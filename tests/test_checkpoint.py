@@ -8,6 +8,7 @@ inside a step (in process) or from outside (to the CLI in a subprocess).
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -203,6 +204,21 @@ def test_run_without_checkpoint_leaves_signals_alone(monkeypatch):
     hook_steps(monkeypatch, signal_after=1)
     with pytest.raises(KeyboardInterrupt):
         new_trainer().run(0)
+
+
+def test_progress_bar_only_on_a_terminal_and_gone_after(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream, drawn in ((io.StringIO(), False), (Terminal(), True)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        with trainer_module._progress_bar(epoch=2, steps=4, done=1) as bar:
+            for _ in range(3):
+                bar.update()
+        text = stream.getvalue()
+        assert ("epoch 2" in text and "1/4" in text) == drawn    # drawn from the resume point
+        assert text.endswith("\r") or not drawn       # cleared: the table stays clean
 
 
 # --------------------------------------------------------------------------- atomic saves

@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -435,61 +431,51 @@ def test_bytes_model_at_trainer_shapes(site):
 
 
 # ---- ahead-of-time compilation ----------------------------------------------------------
-# The compiles run in a child process without TRITON_INTERPRET: Triton 3.9's interpreter
-# leaves triton.language.core patched after running a kernel that calls @jit helpers
-# (InterpretedFunction.__call__ patches without restoring), and the code generator then
-# fails in the same process ("'value' object has no attribute 'dtype'").
-_AOT_CHILD = """
-import importlib, json, sys
-from kernels import aot
-gba = importlib.import_module("kernels.ghost_bn_act")
-labels, archs = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-specs = [s for s in gba.aot_specs() if s.label in labels]
-assert len(specs) == len(labels), "unknown labels"
-print(json.dumps([aot.compile_spec(s, a).to_json() for s in specs for a in archs]))
-"""
-
-
-def _compile_in_child(labels: list[str], archs: list[int]) -> list[dict]:
-    pytest.importorskip("kernels.aot")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _AOT_CHILD, json.dumps(labels),
-                           json.dumps(archs)], env=env, capture_output=True, text=True,
-                          timeout=1800, check=False)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+# kernels.aot compiles in a child process when TRITON_INTERPRET is on (the interpreter
+# leaves triton.language patched once a kernel has run), one child per batch of specs.
+def _compile(labels: list[str], archs: list[int]) -> list:
+    aot = pytest.importorskip("kernels.aot")
+    specs = [s for s in gba.aot_specs() if s.label in labels]
+    assert len(specs) == len(labels)
+    return aot.compile_specs(specs, archs)
 
 
 def _representative_labels() -> list[str]:
-    """One spec per kernel × pool/no pool × dtype × train/eval: quick enough for every run."""
+    """One fp16 spec per kernel × pool/no pool × train/eval, plus the bf16 pooling kernels
+    (the max compares and the dtype conversions differ): ~12 specs, ~25 s for both archs."""
     seen, out = set(), []
     for spec in gba.aot_specs():
-        key = (spec.kernel, spec.constexprs.get("POOL"), spec.constexprs.get("TRAINING"),
-               spec.signature.get("x_ptr", spec.signature.get("src_ptr")))
+        dtype = spec.signature.get("x_ptr", spec.signature.get("src_ptr"))
+        pool = spec.constexprs.get("POOL")
+        if dtype == "*bf16" and not pool:
+            continue
+        key = (spec.kernel, pool, spec.constexprs.get("TRAINING"), dtype)
         if key not in seen:
             seen.add(key)
             out.append(spec.label)
     return out
 
 
-def _check_reports(reports: list[dict]) -> None:
+def _check_reports(reports: list) -> None:
     assert reports
     for r in reports:
-        where = f"{r['label']}@{r['arch']}"
-        assert r["spill_bytes"] == 0 and r["local_bytes"] == 0, f"{where} spills: {r}"
-        assert r["local_memory_instructions"] == 0, where
-        if "finalize" not in r["label"]:
+        where = f"{r.label}@{r.arch}"
+        assert r.spill_bytes == 0 and r.local_bytes == 0, f"{where} spills: {r}"
+        assert r.local_memory_instructions == 0, where
+        if "finalize" not in r.label:
             # channels_last with C a multiple of 16: the streaming loads are 16-byte vectors
-            assert r["has_128bit_loads"], f"{where}: {r['global_loads']}"
+            assert r.has_128bit_loads, f"{where}: {r.global_loads}"
 
 
 def test_aot_representative_specs_compile_without_spills():
-    _check_reports(_compile_in_child(_representative_labels(), [80, 90]))
+    _check_reports(_compile(_representative_labels(), [80, 90]))
 
 
 @pytest.mark.slow
 def test_aot_all_specs_compile_without_spills():
+    """All of aot_specs() (~70 specs) for sm_80 and sm_90: ~4 min on 2 busy cores with a cold
+    Triton cache, ~1.5 min warm."""
     t0 = time.perf_counter()
     labels = [s.label for s in gba.aot_specs()]
-    _check_reports(_compile_in_child(labels, [80, 90]))
+    _check_reports(_compile(labels, [80, 90]))
     print(f"{len(labels)} specs × 2 archs in {time.perf_counter() - t0:.0f} s")

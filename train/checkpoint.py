@@ -60,7 +60,7 @@ VERSION = 1
 _REQUIRED = ("config", "runtime", "data", "seed", "steps_per_epoch", "progress", "model",
              "step", "rng", "result")
 
-#: Configuration fields that do not change a run's trajectory or its result, so a resume may
+#: Configuration fields that do not change the training trajectory, so a resume may
 #: differ in them. The device, backend and precision are compared as resolved (``auto``
 #: may name the same thing as ``cpu``), in ``runtime``.
 RESUME_MAY_DIFFER = frozenset({
@@ -185,17 +185,19 @@ def save_atomic(payload: Any, path: str | os.PathLike) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=".tmp", delete=False)
+    temporary = None
     try:
-        with handle:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
+                                         suffix=".tmp", delete=False) as handle:
+            temporary = handle.name
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())   # the data reaches the disk before the rename does
-        os.replace(handle.name, path)
+        os.replace(temporary, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(handle.name)
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
         raise
 
 
@@ -272,8 +274,10 @@ def resume_paths(base: str | os.PathLike, seeds: Sequence[int], *, config: Train
         found.append(path)
     if not any(found):
         where = run_checkpoint_path(base, seeds[0], len(seeds))
-        raise CheckpointError(f"no checkpoint to resume at {where}"
-                              + (" (nor for the other seeds)" if len(seeds) > 1 else ""))
+        hint = (" (nor for the other seeds)" if len(seeds) > 1 else
+                " (checkpoints of several runs are named by seed, e.g. "
+                f"{run_checkpoint_path(base, seeds[0], 2).name}: give the same --runs)")
+        raise CheckpointError(f"no checkpoint to resume at {where}{hint}")
     return found
 
 

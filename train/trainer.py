@@ -7,7 +7,15 @@ recompiling.
 
 What a run's time includes, as the seed counted it: moving the data set to the device,
 computing the whitening filters, and every training step (augmentation included). What it
-excludes: the one-off compile/autotune warm-up (reported separately) and evaluation.
+excludes: the one-off compile/autotune warm-up (reported separately), evaluation, and
+writing checkpoints.
+
+Fault tolerance (:mod:`train.checkpoint`): with a checkpoint path a run saves its state at
+every epoch end, and SIGINT / SIGTERM only ask it to stop; between two steps it saves where
+it is inside the epoch and raises :class:`TrainingInterrupted`. A resumed run draws the
+interrupted epoch again from the generator state of its start, skips the batches done, and
+ends with the weights of an uninterrupted run (bit for bit on the CPU). Its time adds up the
+pieces: each process's setup, and every step once.
 """
 
 from __future__ import annotations
@@ -24,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from model.resnet9 import ResNet9, ResNet9Config
 from model.whitening import whitening_filters_from_data
@@ -298,22 +305,24 @@ class Trainer:
             progress = self._restore(saved, step, generator, result)
         save = functools.partial(self._save_checkpoint, checkpoint, step, result)
 
-        with _watch_signals(stop, checkpoint is not None) as stop:
-            if stop.requested:          # asked to stop before this run began
-                raise TrainingInterrupted(stop.name, None, None)
+        with _watch_signals(stop, checkpoint is not None) as stopping:
+            if stopping.requested:          # asked to stop before this run began
+                raise TrainingInterrupted(stopping.name, None, None)
             while progress.epoch <= c.epochs:
-                self._train_epoch(batches, step, progress, stop)
+                self._train_epoch(batches, step, progress, stopping)
                 if progress.batches_done < len(batches):       # stopped between two steps
                     self._check_finite(step, progress.epoch)   # never save a diverged state
                     save(progress)
-                    raise TrainingInterrupted(stop.name, checkpoint, progress)
+                    raise TrainingInterrupted(stopping.name, checkpoint, progress)
                 result.rows.append(self._end_epoch(progress, step, result, test_images,
                                                    test_labels))
                 self.log_row(result.rows[-1])
+                # The next epoch starts here, with the generator state a resume draws it from;
+                # saved only now, after _end_epoch's finite check: never a diverged state.
                 progress = EpochProgress.begin(progress.epoch + 1, generator, rt.device)
                 save(progress)
-                if stop.requested and progress.epoch <= c.epochs:  # stopped at an epoch end
-                    raise TrainingInterrupted(stop.name, checkpoint, progress)
+                if stopping.requested and progress.epoch <= c.epochs:  # stopped at an epoch end
+                    raise TrainingInterrupted(stopping.name, checkpoint, progress)
         return result
 
     def _train_epoch(self, batches: AugmentedBatches, step: TrainStep,
