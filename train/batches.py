@@ -29,19 +29,29 @@ class AugmentedBatches:
         generator: the run's random stream, on the data's device.
         device: where the batches are consumed; when the data set lives elsewhere (the
             host), each augmented batch is copied there (the seed's pre-"GPU data" setup).
+        shard: ``(rank, world_size)`` of data-parallel training: every rank draws the whole
+            epoch's permutation and augmentation choices (so all ranks consume the generator
+            identically) and yields only its contiguous slice of each global batch,
+            ``batch_size / world_size`` images; the K slices concatenated in rank order are
+            the unsharded batch. ``(0, 1)``: the whole batch.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
                  pad: int, flip: bool, cutout: int, mean: Sequence[float],
                  std: Sequence[float], dtype: torch.dtype, backend: str,
-                 generator: torch.Generator, device: torch.device | None = None) -> None:
+                 generator: torch.Generator, device: torch.device | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         if images.shape[0] < batch_size:
             raise ValueError(f"{images.shape[0]} training images do not fill one batch of "
                              f"{batch_size}")
+        rank, world = shard
+        if not (world >= 1 and 0 <= rank < world and batch_size % world == 0):
+            raise ValueError(f"cannot take shard {rank} of {world} of a batch of {batch_size}")
         self.images, self.labels = images, labels
         self.batch_size, self.pad, self.flip, self.cutout = batch_size, pad, flip, cutout
         self.mean, self.std, self.dtype = tuple(mean), tuple(std), dtype
         self.backend, self.generator = backend, generator
+        self.shard = (rank, world)
         self.device = images.device if device is None else torch.device(device)
 
     def __len__(self) -> int:
@@ -66,9 +76,13 @@ class AugmentedBatches:
             count, pad=self.pad, cutout_size=self.cutout, height=self.images.shape[2],
             width=self.images.shape[3], flip=self.flip, device=device,
             generator=self.generator)
+        rank, world = self.shard
+        share = self.batch_size // world
         for first in range(start * self.batch_size, len(self) * self.batch_size,
                            self.batch_size):
-            batch = slice(first, first + self.batch_size)
+            # This rank's slice of the global batch; the crop / flip / cutout choices are
+            # sliced alike, so each image keeps the augmentation one process would give it.
+            batch = slice(first + rank * share, first + (rank + 1) * share)
             indices = order[batch]
             inputs = kernels.augment(
                 self.images, indices, crop[batch], flip[batch], cutout[batch],

@@ -62,10 +62,11 @@ _REQUIRED = ("config", "runtime", "data", "seed", "steps_per_epoch", "progress",
 
 #: Configuration fields that do not change the training trajectory, so a resume may
 #: differ in them. The device, backend and precision are compared as resolved (``auto``
-#: may name the same thing as ``cpu``), in ``runtime``.
+#: may name the same thing as ``cpu``), in ``runtime``. ``distribute`` only matters under
+#: torchrun with several processes, where checkpoints are refused.
 RESUME_MAY_DIFFER = frozenset({
     "data_dir", "download", "runs", "json", "warmup_steps", "eval_every", "eval_batch_size",
-    "device", "backend", "precision",
+    "device", "backend", "precision", "distribute",
 })
 
 

@@ -13,6 +13,8 @@ from typing import Any
 BACKEND_CHOICES = ("auto", "eager", "compile", "triton")
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
 ACTIVATION_CHOICES = ("celu", "relu")
+#: How ``torchrun --nproc-per-node K`` uses its K processes (see :mod:`train.distributed`).
+DISTRIBUTE_CHOICES = ("data", "runs")
 
 #: Per-channel mean and std of the CIFAR-10 training set on the 0–255 scale (the seed's).
 CIFAR10_MEAN = (125.31, 122.95, 113.87)
@@ -81,6 +83,9 @@ class TrainConfig:
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
     precision: str = "auto"              # auto: fp16 on CUDA (bf16 if asked), fp32 on CPU
     warmup_steps: int = 3                # throwaway steps before the timer (compile, cuDNN)
+    distribute: str = "data"             # under torchrun: "data" (DDP over one run) or "runs"
+                                         # (independent runs spread over the processes);
+                                         # ignored by a single process
     json: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)   # room for presets' notes
 
@@ -154,6 +159,9 @@ class TrainConfig:
              f"unknown precision {self.precision!r}: choose one of "
              f"{', '.join(PRECISION_CHOICES)}")
         need(self.warmup_steps >= 0, "--warmup-steps must be >= 0")
+        need(self.distribute in DISTRIBUTE_CHOICES,
+             f"--distribute must be one of {', '.join(DISTRIBUTE_CHOICES)}; got "
+             f"{self.distribute!r}")
         need(self.whitening_images >= 1, "--whitening-images must be positive")
         for name in ("train_subset", "test_subset"):
             value = getattr(self, name)

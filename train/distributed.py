@@ -22,16 +22,22 @@ on GPUs ``nccl``.
 
 from __future__ import annotations
 
+import inspect
 import os
+import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from train.config import ConfigError
+from train.config import DISTRIBUTE_CHOICES, ConfigError
 
-DISTRIBUTE_CHOICES = ("data", "runs")
+__all__ = ["DISTRIBUTE_CHOICES", "Distributed", "all_reduce_min", "all_reduce_sum",
+           "average_running_stats", "broadcast_state", "gather_objects", "init_distributed",
+           "launched_by_torchrun", "per_rank_batch", "rank_device", "rank_range",
+           "rank_slice", "runs_of_rank", "shutdown", "wait_for_all", "wrap_ddp"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,9 @@ def init_distributed(device_type: str) -> Distributed:
     rank = int(os.environ["RANK"])
     world_size = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if device_type == "cuda":
+        # nccl needs each process on its own GPU before the group forms.
+        torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     return Distributed(rank, world_size, local_rank)
@@ -94,11 +103,52 @@ def rank_slice(global_batch: torch.Tensor, ctx: Distributed) -> torch.Tensor:
     return global_batch[ctx.rank * share:(ctx.rank + 1) * share]
 
 
+def rank_range(count: int, ctx: Distributed) -> slice:
+    """This rank's contiguous share of ``count`` items (the test set), as even as possible:
+    the K shares cover ``range(count)`` exactly once, in rank order."""
+    return slice(count * ctx.rank // ctx.world_size, count * (ctx.rank + 1) // ctx.world_size)
+
+
+def runs_of_rank(runs: int, ctx: Distributed) -> list[int]:
+    """The run indices rank r trains with ``--distribute runs``: r, r+K, r+2K, …"""
+    return list(range(ctx.rank, runs, ctx.world_size))
+
+
 def all_reduce_sum(*tensors: torch.Tensor) -> None:
-    """Sum tensors over ranks in place (no-op when not distributed)."""
+    """Sum tensors over ranks in place (no-op when not distributed).
+
+    It reduces over the whole process group: with ``--distribute runs`` the group exists but
+    each rank trains alone, so callers decide by their own :class:`Distributed` whether to
+    call it.
+    """
     if dist.is_initialized() and dist.get_world_size() > 1:
         for t in tensors:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+
+def all_reduce_min(tensor: torch.Tensor) -> None:
+    """Minimum of ``tensor`` over ranks, in place (no-op when not distributed); the same
+    caveat as :func:`all_reduce_sum`."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+
+
+@torch.no_grad()
+def broadcast_state(model: nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank, in place (no-op when not distributed).
+
+    Every rank builds the same model from the same seed and whitens the same data, so this
+    changes nothing in value; it guarantees the ranks start a run identical even where a
+    library picks a different (non-deterministic) algorithm on another device."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    for tensor in model.state_dict().values():
+        if tensor.is_contiguous():
+            dist.broadcast(tensor, src=0)
+        else:   # channels_last conv weights: collectives want a dense row-major buffer
+            dense = tensor.contiguous()
+            dist.broadcast(dense, src=0)
+            tensor.copy_(dense)
 
 
 @torch.no_grad()
@@ -119,7 +169,17 @@ def wrap_ddp(model: nn.Module, ctx: Distributed, device: torch.device) -> nn.Mod
     if not ctx.enabled:
         return model
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    # The 1×1 prep conv's weight gradient (C, 27, 1, 1) comes out of the conv backward with
+    # strides that differ from DDP's bucket view only in its size-1 dimensions; DDP copies
+    # it (a few hundred numbers) and warns once per rank that this "may impair performance".
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    ddp = nn.parallel.DistributedDataParallel
+    # Newer torch deprecates broadcast_buffers for forward_sync_buffers (buffers still synced
+    # once at construction, which is harmless: every rank builds the same model).
+    no_sync = ("forward_sync_buffers"
+               if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+               else "broadcast_buffers")
+    return ddp(model, device_ids=ids, **{no_sync: False})
 
 
 def gather_objects(obj: object, ctx: Distributed) -> list[object]:
@@ -129,6 +189,21 @@ def gather_objects(obj: object, ctx: Distributed) -> list[object]:
     out: list[object] = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def wait_for_all(ctx: Distributed, timeout_s: float = 60.0) -> None:
+    """A barrier before a failing exit: torchrun stops every process as soon as one exits
+    with an error, so a rank must not leave before rank 0 has reported it. At most
+    ``timeout_s`` on gloo (a rank that never comes is not waited for); errors are ignored."""
+    if not (ctx.enabled and dist.is_initialized()):
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=timeout_s))
+        else:
+            dist.barrier()
+    except RuntimeError:
+        pass
 
 
 def shutdown() -> None:

@@ -92,8 +92,11 @@ def format_summary(results: Sequence[RunResult], warmup_time: float) -> str:
     return "\n".join(lines)
 
 
-def environment(runtime: Runtime) -> dict[str, Any]:
-    """Device name and versions, for the JSON record."""
+def environment(runtime: Runtime, world_size: int = 1,
+                distribute: str | None = None) -> dict[str, Any]:
+    """Device name and versions, for the JSON record. ``world_size``: the processes that
+    trained (torchrun's K; 1 without it); ``distribute``: how they shared the work ("data" or
+    "runs"; None for one process). ``device`` is rank 0's."""
     try:
         import triton
         triton_version = triton.__version__
@@ -112,6 +115,8 @@ def environment(runtime: Runtime) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "triton_interpreter": os.environ.get("TRITON_INTERPRET") == "1",
         "argv": sys.argv,
+        "world_size": world_size,
+        "distribute": distribute,
     }
 
 
@@ -122,11 +127,13 @@ def _finite_or_none(value: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, config: TrainConfig, runtime: Runtime,
-               results: Sequence[RunResult], warmup_time: float) -> None:
-    """Everything about the runs in one JSON file, written atomically."""
+               results: Sequence[RunResult], warmup_time: float, *, world_size: int = 1,
+               distribute: str | None = None) -> None:
+    """Everything about the runs in one JSON file, written atomically (by rank 0 alone when
+    several processes trained: ``world_size`` and ``distribute`` as in :func:`environment`)."""
     record = {
         "config": config.to_dict(),
-        "environment": environment(runtime),
+        "environment": environment(runtime, world_size, distribute),
         "time_includes": TIME_INCLUDES,
         "time_excludes": TIME_EXCLUDES,
         "warmup_time": warmup_time,

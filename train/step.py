@@ -23,14 +23,21 @@ from train.schedule import learning_rate, recipe_schedule
 class TrainStep:
     """Callable ``step(inputs, labels) -> (loss_sum, correct)`` holding the optimiser state.
 
-    ``forward`` is the model or its ``torch.compile``d wrapper (same parameters). The returned
-    tensors stay on the device: the caller accumulates them and reads them once per epoch, so
-    the step loop never waits for the GPU.
+    ``forward`` is the model or its ``torch.compile``d / DistributedDataParallel wrapper (same
+    parameters). The returned tensors stay on the device: the caller accumulates them and
+    reads them once per epoch, so the step loop never waits for the GPU.
+
+    ``loss_scale``: what the loss is multiplied by before ``backward`` (the returned loss is
+    not). Data-parallel training over K processes passes K: the recipe's loss is summed over
+    the batch while DistributedDataParallel averages the ranks' gradients, so K × the mean of
+    the per-rank sums is the gradient of the whole batch's sum, the single-process update.
     """
 
     def __init__(self, model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
-                 config: TrainConfig, runtime: Runtime, steps_per_epoch: int) -> None:
+                 config: TrainConfig, runtime: Runtime, steps_per_epoch: int,
+                 loss_scale: float = 1.0) -> None:
         self.model, self.forward, self.runtime = model, forward, runtime
+        self.loss_scale = loss_scale
         self.optimizer = make_optimizer(model, config)
         self.schedule = recipe_schedule(config)
         self.steps_per_epoch = steps_per_epoch
@@ -53,14 +60,15 @@ class TrainStep:
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """``inputs`` (B, 3, H, W) in the run's dtype, ``labels`` int64 (B,); returns the
-        float32 summed loss and the int64 count of correct predictions (device scalars)."""
+        float32 summed loss of these B images (unscaled) and the int64 count of correct
+        predictions (device scalars). With data parallelism B is this rank's share."""
         self.last_lr = self.lr
         set_learning_rate(self.optimizer, self.last_lr)
         with self.runtime.autocast():
             logits = self.forward(inputs)
         loss = label_smoothing_loss(logits, labels, self.smoothing)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if self.loss_scale == 1 else loss * self.loss_scale).backward()
         self.optimizer.step()
         bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
         self.first_bad_step = torch.where(bad, self.steps, self.first_bad_step)

@@ -16,6 +16,15 @@ it is inside the epoch and raises :class:`TrainingInterrupted`. A resumed run dr
 interrupted epoch again from the generator state of its start, skips the batches done, and
 ends with the weights of an uninterrupted run (bit for bit on the CPU). Its time adds up the
 pieces: each process's setup, and every step once.
+
+Data parallelism (``torchrun``, ``--distribute data``; see :mod:`train.distributed`): given a
+:class:`~train.distributed.Distributed` with K > 1 ranks, the trainer wraps the training
+forward in DistributedDataParallel, augments only its rank's slice of each global batch, builds
+the model with the per-rank number of ghost-BN splits, scales the loss by K before backward,
+sums the epoch's training metrics over ranks, averages BN running statistics before
+evaluating, and evaluates its shard of the test set (sums all-reduced). Checkpoints are
+refused there. With K = 1 (or ``--distribute runs``, where each rank trains alone) none of
+this happens: no process-group call, no wrapper.
 """
 
 from __future__ import annotations
@@ -39,7 +48,10 @@ from train.batches import AugmentedBatches
 from train.checkpoint import (CheckpointMismatch, EpochProgress, StopRequest, check_compatible,
                               data_fingerprint, is_finished, load_checkpoint, make_checkpoint,
                               restore_rng_states, save_atomic, stop_on_signals)
-from train.config import CIFAR10_MEAN, CIFAR10_STD, TrainConfig
+from train.config import CIFAR10_MEAN, CIFAR10_STD, ConfigError, TrainConfig
+from train.distributed import (Distributed, all_reduce_min, all_reduce_sum,
+                               average_running_stats, broadcast_state, per_rank_batch, rank_range,
+                               wrap_ddp)
 from train.evaluate import evaluate
 from train.presets import data_on_device
 from train.runtime import Runtime
@@ -107,11 +119,15 @@ class RunResult:
         return self.rows[-1].test_loss
 
 
-def model_config(config: TrainConfig, backend: str) -> ResNet9Config:
-    """The network the training configuration asks for."""
+def model_config(config: TrainConfig, backend: str, ghost_splits: int | None = None
+                 ) -> ResNet9Config:
+    """The network the training configuration asks for. ``ghost_splits``: the splits of the
+    batch one forward sees (default ``config.ghost_splits``; a data-parallel rank sees
+    ``batch_size / K`` images, so fewer splits of the same 32 images)."""
     return ResNet9Config(
         width=config.width, activation=config.activation, celu_alpha=config.celu_alpha,
-        ghost_splits=config.ghost_splits, frozen_bn_scale=config.frozen_bn_scale,
+        ghost_splits=config.ghost_splits if ghost_splits is None else ghost_splits,
+        frozen_bn_scale=config.frozen_bn_scale,
         pool_before_bn=config.pool_before_bn, whitening=config.whitening,
         output_scale=config.output_scale, backend=backend)
 
@@ -158,18 +174,28 @@ class Trainer:
         runtime: resolved device, backend, dtype.
         data: the data set on the host (uint8 images, int64 labels); subsets already taken.
         log: where progress lines go.
+        ctx: the data-parallel group this trainer is one rank of (default: none, one
+            process). The runtime's device must be this rank's own.
+    Raises:
+        ConfigError: the batch does not split into whole ghost-BN splits per rank.
     """
 
     def __init__(self, config: TrainConfig, runtime: Runtime, data: "Cifar10",
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, ctx: Distributed | None = None) -> None:
         self.config, self.runtime, self.data, self.log = config, runtime, data, log
+        self.ctx = Distributed() if ctx is None else ctx
+        # Images one rank trains on per step (the whole batch in one process).
+        self.local_batch = per_rank_batch(config.batch_size, config.ghost_batch, self.ctx)
         self.whitening = None     # the latest run's WhiteningFilters (for plots)
         self.data_fingerprint = data_fingerprint(data)   # what checkpoints are checked against
         self.model = self._new_model(seed=config.seed)
         self.eval_model = copy.deepcopy(self.model).eval()
         compile_it = runtime.backend == "compile" or (
             runtime.backend == "triton" and runtime.device.type == "cuda")
-        self.train_forward = torch.compile(self.model) if compile_it else self.model
+        # The DDP wrapper only where training is data-parallel (the model itself otherwise);
+        # torch.compile goes outside it, as DDP's compiled-graph support expects.
+        train_module = wrap_ddp(self.model, self.ctx, runtime.device)
+        self.train_forward = torch.compile(train_module) if compile_it else train_module
         self.eval_forward = torch.compile(self.eval_model) if compile_it else self.eval_model
         if runtime.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -178,7 +204,11 @@ class Trainer:
     # ------------------------------------------------------------------ building blocks
     def _new_model(self, seed: int) -> ResNet9:
         torch.manual_seed(seed)
-        model = ResNet9(model_config(self.config, self.runtime.backend))
+        splits = None
+        if self.ctx.enabled:   # this rank's slice of the batch holds fewer splits
+            splits = (self.local_batch // self.config.ghost_batch if self.config.ghost_batch
+                      else 1)
+        model = ResNet9(model_config(self.config, self.runtime.backend, splits))
         model = model.to(self.runtime.device)
         if self.runtime.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -191,7 +221,8 @@ class Trainer:
             images, labels, batch_size=c.batch_size, pad=c.pad, flip=c.flip, cutout=c.cutout,
             mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=self.runtime.dtype,
             backend=_kernel_backend(self.runtime) if images.device == self.runtime.device
-            else "eager", generator=generator, device=self.runtime.device)
+            else "eager", generator=generator, device=self.runtime.device,
+            shard=(self.ctx.rank, self.ctx.world_size))
 
     def _set_whitening(self, images: torch.Tensor) -> None:
         if not self.config.whitening:
@@ -204,16 +235,33 @@ class Trainer:
 
     def _evaluate(self, images: torch.Tensor, labels: torch.Tensor, step: TrainStep
                   ) -> tuple[float, float]:
-        """Test loss and accuracy of the weight average (or the weights) with flip TTA."""
+        """Test loss and accuracy of the weight average (or the weights) with flip TTA.
+
+        Data-parallel: each rank evaluates its contiguous share of the test set and the sums
+        are all-reduced, after averaging the BN running statistics over ranks. Each rank's
+        statistics (and their weight average) come from its own ghost-BN splits and are
+        linear in them, so their mean over ranks is what one process would hold."""
+        parallel = self.ctx.enabled
+        if parallel:   # keeps the training model identical on every rank too
+            average_running_stats(self.model)
         if step.ema is not None and step.ema.updates:
             step.ema.copy_to(self.eval_model)
+            if parallel:
+                average_running_stats(self.eval_model)
         else:
             self.eval_model.load_state_dict(self.model.state_dict())
+        count = images.shape[0]
+        if parallel:
+            share = rank_range(count, self.ctx)
+            images, labels = images[share], labels[share]
         result = evaluate(
             self.eval_forward, images, labels, tta=self.config.tta, mean=CIFAR10_MEAN,
             std=CIFAR10_STD, dtype=self.runtime.dtype, backend=_kernel_backend(self.runtime),
             batch_size=self.config.eval_batch_size, smoothing=self.config.label_smoothing,
             autocast=self.runtime.autocast())
+        if parallel:
+            all_reduce_sum(result.loss_sum, result.correct)
+            result.count = count
         return result.read()
 
     def _should_evaluate(self, epoch: int) -> bool:
@@ -243,7 +291,8 @@ class Trainer:
         train_images, train_labels = throwaway(self.data.train_images, self.data.train_labels)
         test_images, test_labels = throwaway(self.data.test_images, self.data.test_labels)
         self._set_whitening(train_images)
-        step = TrainStep(self.model, self.train_forward, c, self.runtime, steps_per_epoch=1)
+        step = TrainStep(self.model, self.train_forward, c, self.runtime, steps_per_epoch=1,
+                         loss_scale=self.ctx.world_size)
         self.model.train()
         for index, (inputs, targets) in enumerate(
                 self._batches(train_images, train_labels, generator)):
@@ -273,6 +322,9 @@ class Trainer:
             TrainingDiverged, TrainingInterrupted, train.checkpoint.CheckpointError.
         """
         c, rt = self.config, self.runtime
+        if self.ctx.enabled and (checkpoint is not None or resume is not None):
+            raise ConfigError("checkpoints are not supported with data-parallel training over "
+                              "several processes: drop --checkpoint/--resume or run one process")
         saved = self._read_checkpoint(resume, seed) if resume is not None else None
         if saved is not None and is_finished(saved):
             return self._finished_run(saved)
@@ -296,8 +348,11 @@ class Trainer:
         self._set_whitening(train_images)
         if host_side:
             generator = torch.Generator().manual_seed(seed)
+        if self.ctx.enabled:
+            broadcast_state(self.model)
         batches = self._batches(train_images, train_labels, generator)
-        step = TrainStep(self.model, self.train_forward, c, rt, steps_per_epoch=len(batches))
+        step = TrainStep(self.model, self.train_forward, c, rt, steps_per_epoch=len(batches),
+                         loss_scale=self.ctx.world_size)
         rt.synchronize()
         result.setup_time = result.train_time = time.perf_counter() - clock
         progress = EpochProgress.begin(1, generator, rt.device)
@@ -348,8 +403,12 @@ class Trainer:
         and the evaluation when due (off the clock)."""
         c, epoch = self.config, progress.epoch
         seen = progress.batches_done * c.batch_size
-        train_loss = progress.loss_sum.item() / seen
-        train_acc = progress.correct.item() / seen
+        loss_sum, correct = progress.loss_sum, progress.correct
+        if self.ctx.enabled:   # each rank summed its own share of every batch
+            loss_sum, correct = loss_sum.clone(), correct.clone()
+            all_reduce_sum(loss_sum, correct)
+        train_loss = loss_sum.item() / seen
+        train_acc = correct.item() / seen
         result.train_time += progress.elapsed
         self._check_finite(step, epoch)
         test_loss = test_acc = None
@@ -362,7 +421,15 @@ class Trainer:
                         test_acc, progress.elapsed, result.train_time)
 
     def _check_finite(self, step: TrainStep, epoch: int) -> None:
-        bad = int(step.first_bad_step.item())
+        first_bad = step.first_bad_step
+        if self.ctx.enabled:
+            # The earliest bad step of any rank, so that every rank raises (or none does):
+            # a rank that went on alone would wait forever for the others' gradients.
+            none = torch.iinfo(torch.int64).max
+            first_bad = torch.where(first_bad < 0, none, first_bad)
+            all_reduce_min(first_bad)
+            first_bad = torch.where(first_bad == none, -1, first_bad)
+        bad = int(first_bad.item())
         if bad >= 0:
             raise TrainingDiverged(
                 f"the training loss became NaN or infinite at step {bad} (epoch {epoch}): "
