@@ -39,6 +39,17 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+if triton_available():
+    import triton
+    import triton.language as tl
+else:  # pragma: no cover - triton is Linux-only; the kernels are then never launched
+    from types import SimpleNamespace
+
+    # Just enough for the kernel modules to define their @triton.jit functions.
+    triton = SimpleNamespace(jit=lambda fn: fn)
+    tl = SimpleNamespace(constexpr=int)
+
+
 def resolve_backend(backend: str | None, device: torch.device) -> str:
     """Turn a requested backend (or ``None``/``"auto"``) into one of :data:`BACKENDS`.
 

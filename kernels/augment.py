@@ -33,17 +33,10 @@ from kernels._common import (
     compiled,
     interpreting,
     resolve_backend,
-    triton_available,
+    tl,
+    triton,
 )
 
-if triton_available():
-    import triton
-    import triton.language as tl
-else:  # pragma: no cover - triton is Linux-only; the kernel is then never launched
-    from types import SimpleNamespace
-
-    triton = SimpleNamespace(jit=lambda fn: fn)
-    tl = SimpleNamespace(constexpr=int)
 
 __all__ = ["aot_specs", "augment", "augment_bytes", "augment_reference",
            "random_augment_params"]

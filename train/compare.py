@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,7 +50,6 @@ def compare_main(argv: Sequence[str]) -> int:
     import torch
 
     from train.data import DataError
-    from train.report import format_header
     from train.runtime import resolve_runtime
     from train.stats import format_mean_ci, verdict, welch_test
     from train.trainer import Trainer, TrainingDiverged
