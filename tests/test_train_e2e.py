@@ -156,20 +156,24 @@ REAL_DATA = os.environ.get("CIFAR10_DIR")
 @pytest.mark.skipif(not REAL_DATA, reason="set CIFAR10_DIR to a CIFAR-10 binary copy "
                     "(CI points it at ../shared/cifar10) to run the real-data check")
 def test_real_data_quick_run_reaches_recipe_accuracy(tmp_path):
-    """The issue's CPU check: width 0.25, 10,000 training images, 5 epochs, batch 128.
+    """The issue's CPU check: width 0.25, 10,000 training images, 5 epochs, batch 128, as
+    the mean of two runs (seeds 0 and 1): averaging halves the scatter of a single seed.
 
-    Measured on ../shared/cifar10 with 2 CPU cores, eager, seeds 0/1/2 (2026-11-28):
-    0.6708 / 0.6847 / 0.6975 test accuracy (mean 0.6843, std 0.013) in 71-76 s of training
-    each; an earlier CI run of seed 0 gave 0.6931 (float summation differs between CPUs).
-    A plain reimplementation of the recipe measured about 68% at these settings. The
-    threshold sits four points under our mean, three under the lowest seed.
+    Measured on ../shared/cifar10 with 2 CPU cores, eager (2026-11-28), seeds 0/1/2:
+    0.6552 / 0.6958 / 0.6998 test accuracy in 61-76 s of training each (before a change of
+    float rounding in the BN reference, 0.6708 / 0.6847 / 0.6975; another CPU gave 0.6931
+    for seed 0): single runs scatter by about 1.6 points. A plain reimplementation of the
+    recipe (bench/plain_recipe.py) measured 0.6763 at these settings. The threshold on the
+    two-run mean sits about four points under our mean of 0.685.
     """
     out = tmp_path / "quick.json"
     result = run_cli("--device", "cpu", "--width", "0.25", "--train-subset", "10000",
-                     "--epochs", "5", "--batch-size", "128", "--json", str(out), timeout=1800)
+                     "--epochs", "5", "--batch-size", "128", "--runs", "2", "--json", str(out),
+                     timeout=1800)
     assert result.returncode == 0, result.stderr
     record = json.loads(out.read_text())
     accuracy = record["summary"]["test_acc"]["mean"]
-    print(f"real-data quick run: test accuracy {accuracy:.4f}, "
-          f"{record['runs'][0]['train_time']:.1f} s of training")
+    print(f"real-data quick run: mean test accuracy {accuracy:.4f} over 2 runs, "
+          f"{record['runs'][0]['train_time']:.1f} s of training each")
+    assert len(record["runs"]) == 2
     assert accuracy > 0.64
