@@ -22,7 +22,7 @@ from bench.counters import ByteCounter, autograd_nodes_between, count_flops, tri
 from bench.shapes import GHOST_BATCH, StepShape
 from model.resnet9 import ResNet9
 from train.config import CIFAR10_MEAN, CIFAR10_STD, TrainConfig
-from train.runtime import Runtime
+from train.runtime import Runtime, compiles_model
 from train.step import TrainStep
 
 __all__ = [
@@ -80,8 +80,7 @@ def make_train_step(shape: StepShape, backend: str, runtime: Runtime, seed: int 
     model is wrapped in ``torch.compile`` for ``compile``, and for ``triton`` on a GPU (the
     Triton ops are custom ops the compiler calls as they are)."""
     model = build_model(shape, backend, runtime, seed)
-    compile_it = backend == "compile" or (backend == "triton" and runtime.device.type == "cuda")
-    forward = torch.compile(model) if compile_it else model
+    forward = torch.compile(model) if compiles_model(backend, runtime.device) else model
     return TrainStep(model, forward, train_config(shape), runtime,
                      steps_per_epoch=STEPS_PER_EPOCH)
 

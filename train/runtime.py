@@ -13,6 +13,15 @@ from train.config import ConfigError, TrainConfig
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def compiles_model(backend: str, device: torch.device) -> bool:
+    """Whether the whole model is wrapped in ``torch.compile``: for ``compile``, and for
+    ``triton`` on a GPU (the Triton ops are custom ops that the compiled graph calls as they
+    are, while Inductor fuses the rest: the convolutions' epilogues, the loss, the optimiser
+    arithmetic). Under the CPU interpreter ``triton`` stays eager: compiling around
+    interpreted kernels only adds minutes of compile."""
+    return backend == "compile" or (backend == "triton" and device.type == "cuda")
+
+
 @dataclass(frozen=True)
 class Runtime:
     """The resolved execution choices of a run (what ``auto`` turned into)."""

@@ -54,7 +54,7 @@ from train.distributed import (Distributed, all_reduce_min, all_reduce_sum,
                                wrap_ddp)
 from train.evaluate import evaluate
 from train.presets import data_on_device
-from train.runtime import Runtime
+from train.runtime import Runtime, compiles_model
 from train.step import TrainStep
 
 if TYPE_CHECKING:
@@ -190,8 +190,7 @@ class Trainer:
         self.data_fingerprint = data_fingerprint(data)   # what checkpoints are checked against
         self.model = self._new_model(seed=config.seed)
         self.eval_model = copy.deepcopy(self.model).eval()
-        compile_it = runtime.backend == "compile" or (
-            runtime.backend == "triton" and runtime.device.type == "cuda")
+        compile_it = compiles_model(runtime.backend, runtime.device)
         # The DDP wrapper only where training is data-parallel (the model itself otherwise);
         # torch.compile goes outside it, as DDP's compiled-graph support expects.
         train_module = wrap_ddp(self.model, self.ctx, runtime.device)
