@@ -81,6 +81,18 @@ def test_cli_missing_data_without_network_says_where_to_put_it(tmp_path):
     assert "nowhere" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_cli_nan_loss_stops_with_the_step_and_exit_code_4(archive_dir):
+    """A learning rate far too high makes the loss infinite: one line naming the step and
+    the likely cause, exit code 4 (not a traceback, not a silently finished run)."""
+    result = run_cli("--data-dir", str(archive_dir), "--device", "cpu", "--width", "0.125",
+                     "--epochs", "1", "--batch-size", "64", "--train-subset", "256",
+                     "--test-subset", "64", "--lr", "1e9")
+    assert result.returncode == 4, result.stderr
+    err = result.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert "NaN or infinite at step" in err and "--lr" in err
+
+
 def test_cli_cuda_without_gpu_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU; the no-GPU message cannot be provoked here")
