@@ -494,12 +494,16 @@ def test_mixed_precision_keeps_bn_in_float32():
 
 
 # ---- the Triton backend -----------------------------------------------------------------
+NO_TRITON_REASON = ("needs the triton package (Linux only) and TRITON_INTERPRET=1, which "
+                    "tests/conftest.py sets before kernels are imported")
+
+
 def _triton_ready() -> bool:
     from kernels._common import interpreting, triton_available
     return triton_available() and interpreting()
 
 
-@pytest.mark.skipif(not _triton_ready(), reason="needs triton and TRITON_INTERPRET=1")
+@pytest.mark.skipif(not _triton_ready(), reason=NO_TRITON_REASON)
 def test_triton_backend_matches_eager():
     model = ResNet9(width=0.0625, ghost_splits=2)
     set_random_whitening(model)
@@ -515,7 +519,7 @@ def test_triton_backend_matches_eager():
     torch.testing.assert_close(triton_model(x), model(x), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.skipif(not _triton_ready(), reason="needs triton and TRITON_INTERPRET=1")
+@pytest.mark.skipif(not _triton_ready(), reason=NO_TRITON_REASON)
 def test_triton_and_eager_train_alike():
     """Convergence: four recipe steps (Nesterov SGD, bias groups, summed smoothed loss, EMA)
     of a small ResNet9 through the Triton kernels and through the eager reference ops give
