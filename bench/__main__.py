@@ -11,7 +11,7 @@ What it does, in order:
   2. counts FLOPs and bytes of one training step per backend in the trainer's GPU
      configuration (no GPU needed) and models the step on V100/A100/H100 (a roofline MODEL,
      printed as such);
-  3. compiles every Triton kernel ahead of time for sm_80 and sm_90 (:mod:`kernels.aot`)
+  3. compiles every Triton kernel ahead of time for sm_80 and sm_90 (:mod:`bench.aot`)
      for registers, spills, shared memory and 128-bit loads;
   4. prints the table and writes ``DIR/summary.json`` (device, versions, threads, every row,
      the counters, the model, and what was not measured and why).
@@ -127,13 +127,13 @@ def counters_and_model(device: Any) -> dict[str, Any]:
 
 
 def aot_report(quick: bool) -> dict[str, Any]:
-    """The static kernel report (:func:`kernels.aot.report`); in ``quick`` one configuration
+    """The static kernel report (:func:`bench.aot.report`); in ``quick`` one configuration
     per kernel, else every configuration the kernel modules list."""
     from bench.cases import not_measured
 
     start = time.perf_counter()
     try:
-        import kernels.aot as aot
+        import bench.aot as aot
 
         specs = aot.all_specs()
         if quick:

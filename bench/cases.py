@@ -363,12 +363,9 @@ def _bn_bytes(comp: Comparison, site: BNSite, direction: str, dtype: torch.dtype
         comp.candidates["compile"].bytes = sum(_bn_compiled[site_key][p] for p in parts) or None
         comp.candidates["compile"].bytes_how = "Inductor's count of its compiled graphs"
     if "triton" in comp.candidates:
-        counts = [triton_ghost_bn_act_bytes(site.shape, dtype, site.pool, p) for p in parts]
-        if all(c is not None for c in counts):
-            comp.candidates["triton"].bytes = sum(counts)  # type: ignore[arg-type]
-            comp.candidates["triton"].bytes_how = "kernels.ghost_bn_act.ghost_bn_act_bytes"
-        else:
-            comp.candidates["triton"].bytes_how = "not counted: no ghost_bn_act_bytes"
+        comp.candidates["triton"].bytes = sum(
+            triton_ghost_bn_act_bytes(site.shape, dtype, site.pool, p) for p in parts)
+        comp.candidates["triton"].bytes_how = "kernels.ghost_bn_act.ghost_bn_act_bytes"
     # The least any implementation can move: read x and write y (forward); read x, y (or
     # recompute) and dy, write dx (backward) — an ideal fused kernel's traffic.
     size = torch.finfo(dtype).bits // 8
@@ -505,8 +502,7 @@ def augment_comparison(shape: AugmentShape, device: torch.device, dtype: torch.d
             cand.bytes_how = "dispatch-mode count of the eager ops"
         elif backend == "triton":
             cand.bytes = triton_augment_bytes(shape.batch, dtype, shape.cutout, shape.pad)
-            cand.bytes_how = ("kernels.augment.augment_bytes" if cand.bytes is not None
-                              else "not counted: no augment_bytes")
+            cand.bytes_how = "kernels.augment.augment_bytes"
     _AUGMENT_BYTES[(shape.batch, dtype)] = {
         b: (c.bytes, c.bytes_how) for b, c in comp.candidates.items()}
     # Least traffic: read B uint8 images, write B images in the output dtype.
@@ -682,22 +678,17 @@ def step_comparison(shape: StepShape, device: torch.device,
     return comp
 
 
-def triton_step_bytes(count: Any) -> tuple[int | None, str]:
+def triton_step_bytes(count: Any) -> tuple[int, str]:
     """Bytes of a step on the Triton path: the eager count with each BN site's ops replaced
     by the Triton kernels' own count (and the augmentation by ``augment_bytes``)."""
     total = count.eager_bytes() - count.bn_bytes()
     for site in count.bn_sites:
         for direction in ("fwd", "bwd"):
-            b = triton_ghost_bn_act_bytes(site["shape"], getattr(torch, site["dtype"]),
-                                          site["pool"], direction)
-            if b is None:
-                return None, "not counted: kernels.ghost_bn_act has no ghost_bn_act_bytes"
-            total += b
+            total += triton_ghost_bn_act_bytes(site["shape"], getattr(torch, site["dtype"]),
+                                               site["pool"], direction)
     if "augment" in count.phases:
         shape = count.shape
         a = triton_augment_bytes(shape.batch, getattr(torch, count.dtype), 0, 4)
-        if a is None:
-            return None, "not counted: kernels.augment has no augment_bytes"
         total += a - count.phases["augment"]["bytes"]
     return total, "eager count with BN sites (and augment) from the kernels' bytes functions"
 

@@ -40,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 __all__ = [
     "OpRecord", "ByteCounter", "op_bytes", "tensor_bytes", "count_bytes", "count_flops",
     "conv_flops", "inductor_graph_bytes", "disable_compile_caches", "autograd_nodes_between",
-    "triton_bytes_fn", "gbps",
+    "gbps",
 ]
 
 aten = torch.ops.aten
@@ -303,23 +303,6 @@ def inductor_graph_bytes() -> Iterator[list[int]]:
         yield catcher.graphs
     finally:
         logger.removeFilter(catcher)
-
-
-# ------------------------------------------------------------------------------------------
-# Triton: the kernel modules' own counts
-# ------------------------------------------------------------------------------------------
-
-
-def triton_bytes_fn(op: str) -> Callable[..., int] | None:
-    """``kernels.<op>_bytes`` if the kernel module provides it, else None."""
-    import importlib
-
-    try:
-        module = importlib.import_module(f"kernels.{op}")
-    except ImportError:
-        return None
-    fn = getattr(module, f"{op}_bytes", None)
-    return fn if callable(fn) else None
 
 
 def gbps(nbytes: int | None, seconds: float) -> float | None:

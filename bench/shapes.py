@@ -16,15 +16,20 @@ res3       B × 512w × 4 × 4     no      2
 
 ``times`` says how many sites of the network share the shape (the two convs of each
 residual pair), so that a per-site time × ``times`` summed over the table is the BN cost of
-one forward pass. ``tests/test_bench.py`` checks this table against the model's own sites.
+one forward pass. :func:`bn_sites` reads the sites from the model
+(:func:`model.bn_site_shapes`), the one list that the benchmarks and the ahead-of-time specs
+(:mod:`bench.aot`) share; ``tests/test_bench.py`` checks it against a real forward pass.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from model import ResNet9Config, bn_site_shapes
 
 __all__ = [
     "BNSite", "AugmentShape", "StepShape", "bn_sites", "quick_bn_sites", "model_bn_inputs",
@@ -38,16 +43,6 @@ GHOST_BATCH = 32
 QUARTER = 0.25
 #: Images in the CIFAR-10 training set (one epoch of the data path).
 TRAIN_IMAGES = 50_000
-
-# (name, base channels, input side, pool before BN, sites sharing the shape)
-_SITES = (
-    ("prep", 64, 32, False, 1),
-    ("layer1", 128, 32, True, 1),
-    ("res1", 128, 16, False, 2),
-    ("layer2", 256, 16, True, 1),
-    ("layer3", 512, 8, True, 1),
-    ("res3", 512, 4, False, 2),
-)
 
 
 @dataclass(frozen=True)
@@ -116,15 +111,14 @@ class StepShape:
         return f"w{self.width:g}-b{self.batch}"
 
 
-def _channels(base: int, width: float) -> int:
-    # The model's own rounding (model.resnet9.channel_widths).
-    return max(1, round(base * width))
-
-
 def bn_sites(batch: int = RECIPE_BATCH, width: float = 1.0) -> list[BNSite]:
-    """The six distinct BN shapes of ResNet9 at ``batch`` and ``width``, in forward order."""
-    return [BNSite(name, batch, _channels(c, width), side, side, pool, times, width)
-            for name, c, side, pool, times in _SITES]
+    """The six distinct BN shapes of ResNet9 at ``batch`` and ``width``, in forward order:
+    the recipe's model (:class:`model.ResNet9Config` defaults at ``width``) lists its eight
+    sites, and sites with the same shape (a residual pair's two convs) become one entry
+    with ``times`` 2."""
+    shapes = Counter(bn_site_shapes(ResNet9Config(width=width)))  # keeps first-seen order
+    return [BNSite(s.name, batch, s.channels, s.size, s.size, s.pool, times, width)
+            for s, times in shapes.items()]
 
 
 def quick_bn_sites(batch: int = RECIPE_BATCH) -> list[BNSite]:

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.counters import ByteCounter, autograd_nodes_between, count_flops, triton_bytes_fn
+from bench.counters import ByteCounter, autograd_nodes_between, count_flops
 from bench.shapes import GHOST_BATCH, StepShape
+from kernels import augment_bytes, ghost_bn_act_bytes
 from model.resnet9 import ResNet9
 from train.config import CIFAR10_MEAN, CIFAR10_STD, TrainConfig
 from train.runtime import Runtime, compiles_model
@@ -270,31 +271,25 @@ def count_train_step(shape: StepShape, dtype: torch.dtype, channels_last: bool,
 
 
 def triton_ghost_bn_act_bytes(shape: Sequence[int], dtype: torch.dtype, pool: bool,
-                              direction: str, act: str | None = "celu") -> int | None:
+                              direction: str, act: str | None = "celu") -> int:
     """Bytes the Triton ghost-BN kernels move at one site in training ("fwd", "bwd" or
-    "fwd+bwd"), from ``kernels.ghost_bn_act.ghost_bn_act_bytes`` (the recipe's frozen scale,
-    splits of 32 images); None when the kernel module has no such function."""
-    fn = triton_bytes_fn("ghost_bn_act")
-    if fn is None:
-        return None
+    "fwd+bwd"), from ``kernels.ghost_bn_act_bytes`` (the recipe's frozen scale, splits of
+    32 images)."""
     b = int(shape[0])
     kw = dict(splits=max(1, b // GHOST_BATCH) if b % GHOST_BATCH == 0 else 1,
               learnable_scale=False, act=act)
-    fwd = int(fn(tuple(shape), dtype, pool, True, False, **kw)["triton"])
+    fwd = int(ghost_bn_act_bytes(tuple(shape), dtype, pool, True, False, **kw)["triton"])
     if direction == "fwd":
         return fwd
-    both = int(fn(tuple(shape), dtype, pool, True, True, **kw)["triton"])
+    both = int(ghost_bn_act_bytes(tuple(shape), dtype, pool, True, True, **kw)["triton"])
     return both if direction == "fwd+bwd" else both - fwd
 
 
 def triton_augment_bytes(batch: int, dtype: torch.dtype, cutout_size: int, pad: int,
-                         channels: int = 3, size: int = 32) -> int | None:
+                         channels: int = 3, size: int = 32) -> int:
     """Bytes the Triton augmentation kernel moves for one batch, from
-    ``kernels.augment.augment_bytes`` (its ``fused`` total); None when unavailable."""
-    fn = triton_bytes_fn("augment")
-    if fn is None:
-        return None
-    counts = fn(batch, channels, size, size, dtype, pad=pad, cutout=bool(cutout_size))
+    ``kernels.augment_bytes`` (its ``fused`` total)."""
+    counts = augment_bytes(batch, channels, size, size, dtype, pad=pad, cutout=bool(cutout_size))
     return int(counts["fused"]["total"])
 
 
@@ -333,13 +328,9 @@ def step_ops(count: StepCount, backend: str, *, compiled_model_bytes: int | None
             for direction in ("fwd", "bwd"):
                 b = triton_ghost_bn_act_bytes(site["shape"], getattr(torch, site["dtype"]),
                                               site["pool"], direction)
-                if b is None:
-                    return None, "kernels.ghost_bn_act has no ghost_bn_act_bytes"
                 ops.append((b, 0))
         if "augment" in count.phases:
             a = triton_augment_bytes(count.shape.batch, getattr(torch, count.dtype), 0, 4)
-            if a is None:
-                return None, "kernels.augment has no augment_bytes"
             ops.append((a, 0))
         return ops, ("eager count with the BN sites and the augmentation replaced by the "
                      "Triton kernels' byte counts")

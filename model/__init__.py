@@ -7,7 +7,14 @@
 """
 
 from model.layers import MODEL_BACKENDS, ConvBlock, GhostBNAct, Residual, op_backend
-from model.resnet9 import Head, ResNet9, ResNet9Config, channel_widths
+from model.resnet9 import (
+    BNSiteShape,
+    Head,
+    ResNet9,
+    ResNet9Config,
+    bn_site_shapes,
+    channel_widths,
+)
 from model.whitening import (
     PatchWhitening,
     WhiteningFilters,
@@ -16,7 +23,7 @@ from model.whitening import (
 )
 
 __all__ = [
-    "MODEL_BACKENDS", "ConvBlock", "GhostBNAct", "Head", "PatchWhitening", "Residual",
-    "ResNet9", "ResNet9Config", "WhiteningFilters", "channel_widths", "op_backend",
-    "patch_whitening_filters", "whitening_filters_from_data",
+    "MODEL_BACKENDS", "BNSiteShape", "ConvBlock", "GhostBNAct", "Head", "PatchWhitening",
+    "Residual", "ResNet9", "ResNet9Config", "WhiteningFilters", "bn_site_shapes",
+    "channel_widths", "op_backend", "patch_whitening_filters", "whitening_filters_from_data",
 ]

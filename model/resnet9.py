@@ -31,6 +31,7 @@ output scale of the logits  ``output_scale``                           1/16 / 1/
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -41,7 +42,8 @@ from torch import nn
 from model.layers import ConvBlock, GhostBNAct, Residual, op_backend
 from model.whitening import PatchWhitening
 
-__all__ = ["ResNet9Config", "ResNet9", "Head", "channel_widths"]
+__all__ = ["BNSiteShape", "ResNet9Config", "ResNet9", "Head", "bn_site_shapes",
+           "channel_widths"]
 
 #: Channels of prep, layer1, layer2, layer3 at width 1.
 BASE_WIDTHS = (64, 128, 256, 512)
@@ -245,3 +247,47 @@ class ResNet9(nn.Module):
                     module._buffers[name] = buf.to(dtype)
         return self
 
+
+# ---- the BN sites, for the kernels' benchmarks and ahead-of-time specs ---------------------
+@dataclass(frozen=True)
+class BNSiteShape:
+    """What one BN site (a :class:`~model.layers.GhostBNAct`) of ResNet9 receives.
+
+    ``name`` is the stage: ``"prep"``, ``"layer1"``…``"layer3"``, or ``"res1"``/``"res3"``
+    for the two convs of a residual pair (which share the shape). ``channels`` and ``size``
+    (height = width) are those of the conv output entering the op, before the 2×2 max-pool
+    that ``pool`` (max-pool before BN) fuses into it.
+    """
+
+    name: str
+    channels: int
+    size: int
+    pool: bool
+
+
+@functools.lru_cache(maxsize=None)
+def bn_site_shapes(config: ResNet9Config | None = None,
+                   image_size: int = 32) -> tuple[BNSiteShape, ...]:
+    """Every BN site of the ResNet9 that ``config`` builds, in forward order (eight).
+
+    Read from the model itself, built on the meta device (no memory, no initialisation), so
+    the list follows the architecture wherever it changes. It relies on what
+    :class:`ResNet9` guarantees: ``named_modules`` lists the conv blocks in the order
+    ``forward`` runs them, every conv keeps the spatial size (stride 1, padding k // 2), and
+    only a block's pool (before or after its BN) halves it.
+    """
+    with torch.device("meta"):
+        model = ResNet9(config)
+    residuals = [path for path, m in model.named_modules() if isinstance(m, Residual)]
+    sites: list[BNSiteShape] = []
+    size = image_size
+    for path, block in model.named_modules():
+        if not isinstance(block, ConvBlock):
+            continue
+        stage = path.split(".")[0]
+        if any(path.startswith(f"{r}.") for r in residuals):
+            stage = "res" + stage.removeprefix("layer")
+        sites.append(BNSiteShape(stage, block.bn.channels, size, block.bn.pool))
+        if block.pool is not None:
+            size //= 2
+    return tuple(sites)

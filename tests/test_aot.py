@@ -1,9 +1,11 @@
-"""Ahead-of-time compilation for sm_80/sm_90 without a GPU (:mod:`kernels.aot`).
+"""Ahead-of-time compilation for sm_80/sm_90 without a GPU (:mod:`bench.aot`).
 
 The small copy kernel below checks the machinery itself: the divisibility hints really reach
 the compiler (16-byte ``LDG.E.128`` loads with them, 2-byte ``LDG.E.U16`` loads without), the
 ``ptxas -v`` rerun agrees with the cubin, and the report's fields are filled in. Then every
-``AotSpec`` the kernel families publish must compile for both architectures without spilling.
+``AotSpec`` of the report (:func:`bench.aot.all_specs`: the augmentation kernel and every
+ghost-BN kernel at the trainer's BN sites) must compile for both architectures without
+spilling — the one place the whole list is compiled.
 
 Each first compile takes about a second (Triton keeps a disk cache, so reruns are quicker).
 """
@@ -17,7 +19,7 @@ import pytest
 import triton
 import triton.language as tl
 
-from kernels import aot
+from bench import aot
 from kernels._common import AotSpec
 
 ARCHS = (80, 90)
@@ -64,9 +66,8 @@ ROW_STATS = AotSpec("test-row-stats", _row_stats_kernel,
                     {"x_ptr": "*fp16", "out_ptr": "*fp32", "n_cols": "i32", "BLOCK": "constexpr"},
                     {"BLOCK": 256}, num_warps=2, divisible_by_16=("x_ptr", "n_cols"))
 
-# Collected at import so each real spec is its own test case. Until the kernel families add
-# aot_specs() the list is empty and the parametrized test has no cases; an import error in a
-# family becomes one failing test instead of breaking collection of this file.
+# Collected at import so each real spec is its own test case; an error while building the
+# list becomes one failing test instead of breaking collection of this file.
 try:
     ALL_SPECS: list[AotSpec] = aot.all_specs()
     _SPECS_ERROR: Exception | None = None
@@ -235,7 +236,9 @@ def all_compiled():
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("spec", ALL_SPECS, ids=[s.label for s in ALL_SPECS])
 def test_spec_compiles_without_spills(spec, arch, record_property, all_compiled):
-    """The acceptance test of each kernel configuration: it compiles and fits in registers."""
+    """The acceptance test of each kernel configuration: it compiles, fits in registers and
+    uses no local memory; the ghost-BN streaming kernels (all but the finalize passes) run
+    channels_last with C a multiple of 16, so their loads must be 16-byte vectors."""
     r = aot.compile_spec(spec, arch)
     summary = (f"{r.label} {r.arch}: {r.registers} regs, spills {r.spill_store_bytes}/"
                f"{r.spill_load_bytes} B, smem {r.static_shared_bytes}+{r.dynamic_shared_bytes} B, "
@@ -244,4 +247,7 @@ def test_spec_compiles_without_spills(spec, arch, record_property, all_compiled)
     record_property("registers", r.registers)
     record_property("shared_bytes", r.shared_bytes)
     record_property("has_128bit_loads", r.has_128bit_loads)
-    assert r.spill_bytes == 0, summary
+    assert r.spill_bytes == 0 and r.local_bytes == 0, summary
+    assert r.local_memory_instructions == 0, summary
+    if r.label.startswith("ghost_bn") and "finalize" not in r.label:
+        assert r.has_128bit_loads, f"{summary}: {r.global_loads}"

@@ -12,16 +12,15 @@ Shapes are small because the interpreter costs ~3 ms per program instance.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import ghost_bn_act, ghost_bn_act_reference
-
-gba = importlib.import_module("kernels.ghost_bn_act")  # the module (the package exports the fn)
+from bench.shapes import bn_sites
+from kernels import ghost_bn_act, ghost_bn_act_bytes, ghost_bn_act_reference
+from kernels.ghost_bn_act import launch  # ``kernels.ghost_bn_act`` itself is the function
+from kernels.ghost_bn_act.op import ghost_bn_act_bwd_op, ghost_bn_act_fwd_op, ghost_bn_stats_op
 
 # ---- tolerances: one table per dtype ------------------------------------------------------
 # atol is relative to max(1, max |expected|): outputs and grads are compared at their scale.
@@ -289,9 +288,9 @@ def test_chunked_reduction_is_deterministic():
     """Several programs per split (two-stage reduction, no atomics): bitwise repeatable."""
     case = Case(F32, (8, 4, 6, 6), 1, False, "celu", True, True)
     x, bias, weight, rm, rv = make_inputs(case)
-    block_q = gba._tile_shape(4, 36, True, gba.TILE)[0]
-    tiles = 8 * gba._cdiv(36, block_q)
-    assert gba._chunking(tiles, 1, 1, gba._target_programs(x.device), block_q)[1] > 1
+    block_q = launch._tile_shape(4, 36, True, launch.TILE)[0]
+    tiles = 8 * launch._cdiv(36, block_q)
+    assert launch._chunking(tiles, 1, 1, launch._target_programs(x.device), block_q)[1] > 1
     outs = []
     for _ in range(2):
         xs = x.clone().requires_grad_()
@@ -307,15 +306,15 @@ def _op_inputs(pool: bool, training: bool, dtype=F16, channels_last=True, weight
     case = Case(dtype, (4, 6, 4, 4), 2, pool, "celu", weight, channels_last)
     x, bias, w, rm, rv = make_inputs(case)
     splits = 2 if training else 1
-    mean, rstd, pooled, argmax = gba.ghost_bn_stats_op(x, rm.clone(), rv.clone(), splits, pool,
-                                                       pool, 1e-5, 0.1, training)
+    mean, rstd, pooled, argmax = ghost_bn_stats_op(x, rm.clone(), rv.clone(), splits, pool,
+                                                   pool, 1e-5, 0.1, training)
     return x, bias, w, rm, rv, splits, mean, rstd, pooled, argmax
 
 
 @pytest.mark.parametrize("pool,training", [(True, True), (False, False)])
 def test_opcheck_stats(pool, training):
     x, _, _, rm, rv, splits, *_ = _op_inputs(pool, training)
-    torch.library.opcheck(gba.ghost_bn_stats_op,
+    torch.library.opcheck(ghost_bn_stats_op,
                           (x, rm, rv, splits, pool, True, 1e-5, 0.1, training))
 
 
@@ -326,7 +325,7 @@ def test_opcheck_fwd(pool, training, weight):
     bias.requires_grad_()
     if w is not None:
         w.requires_grad_()
-    torch.library.opcheck(gba.ghost_bn_act_fwd_op,
+    torch.library.opcheck(ghost_bn_act_fwd_op,
                           (x, pooled, argmax, mean, rstd, bias, w, pool, "celu", 0.3, training))
 
 
@@ -335,7 +334,7 @@ def test_opcheck_bwd(pool):
     x, bias, w, _, _, _, mean, rstd, pooled, argmax = _op_inputs(pool, True, channels_last=False)
     src = pooled if pool else x
     dy = torch.randn(src.shape).to(src.dtype)
-    torch.library.opcheck(gba.ghost_bn_act_bwd_op,
+    torch.library.opcheck(ghost_bn_act_bwd_op,
                           (dy, src, argmax, mean, rstd, bias, w, pool, False, "relu", 0.3, True))
 
 
@@ -411,31 +410,33 @@ def test_error_triton_on_cpu_without_interpreter(monkeypatch):
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         _call()
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        gba.ghost_bn_stats_op(torch.randn(2, 4, 2, 2), torch.zeros(4), torch.ones(4), 1, False,
-                              False, 1e-5, 0.1, True)
+        ghost_bn_stats_op(torch.randn(2, 4, 2, 2), torch.zeros(4), torch.ones(4), 1, False,
+                          False, 1e-5, 0.1, True)
 
 
 # ---- bytes model ----------------------------------------------------------------------------
-@pytest.mark.parametrize("site", gba.TRAINER_SITES, ids=lambda s: s[0])
+@pytest.mark.parametrize("site", bn_sites(512), ids=lambda s: s.name)
 def test_bytes_model_at_trainer_shapes(site):
-    _, c, h, w, pool = site
-    counted = gba.ghost_bn_act_bytes((512, c, h, w), torch.float16, pool, True, True)
+    _, c, h, w = site.shape
+    pool = site.pool
+    counted = ghost_bn_act_bytes((512, c, h, w), torch.float16, pool, True, True)
     n = 512 * c * h * w
     # the fused step reads x once and writes dx once at least; eager moves strictly more
     assert counted["triton"] >= 4 * n
     assert counted["eager"] > counted["triton"]
     assert counted["triton"] == sum(counted["triton_detail"].values())
     assert counted["eager"] == sum(counted["eager_detail"].values())
-    no_grad = gba.ghost_bn_act_bytes((512, c, h, w), torch.float16, pool, False, False)
+    no_grad = ghost_bn_act_bytes((512, c, h, w), torch.float16, pool, False, False)
     assert no_grad["triton"] < counted["triton"]
 
 
 # ---- ahead-of-time compilation ----------------------------------------------------------
-# kernels.aot compiles in a child process when TRITON_INTERPRET is on (the interpreter
+# bench.aot compiles in a child process when TRITON_INTERPRET is on (the interpreter
 # leaves triton.language patched once a kernel has run), one child per batch of specs.
+# Every spec at the trainer's sites is compiled once, in tests/test_aot.py.
 def _compile(labels: list[str], archs: list[int]) -> list:
-    aot = pytest.importorskip("kernels.aot")
-    specs = [s for s in gba.aot_specs() if s.label in labels]
+    aot = pytest.importorskip("bench.aot")
+    specs = [s for s in aot.ghost_bn_act_specs() if s.label in labels]
     assert len(specs) == len(labels)
     return aot.compile_specs(specs, archs)
 
@@ -443,8 +444,9 @@ def _compile(labels: list[str], archs: list[int]) -> list:
 def _representative_labels() -> list[str]:
     """One fp16 spec per kernel × pool/no pool × train/eval, plus the bf16 pooling kernels
     (the max compares and the dtype conversions differ): ~12 specs, ~25 s for both archs."""
+    aot = pytest.importorskip("bench.aot")
     seen, out = set(), []
-    for spec in gba.aot_specs():
+    for spec in aot.ghost_bn_act_specs():
         dtype = spec.signature.get("x_ptr", spec.signature.get("src_ptr"))
         pool = spec.constexprs.get("POOL")
         if dtype == "*bf16" and not pool:
@@ -469,13 +471,3 @@ def _check_reports(reports: list) -> None:
 
 def test_aot_representative_specs_compile_without_spills():
     _check_reports(_compile(_representative_labels(), [80, 90]))
-
-
-@pytest.mark.slow
-def test_aot_all_specs_compile_without_spills():
-    """All of aot_specs() (~70 specs) for sm_80 and sm_90: ~4 min on 2 busy cores with a cold
-    Triton cache, ~1.5 min warm."""
-    t0 = time.perf_counter()
-    labels = [s.label for s in gba.aot_specs()]
-    _check_reports(_compile(labels, [80, 90]))
-    print(f"{len(labels)} specs × 2 archs in {time.perf_counter() - t0:.0f} s")

@@ -10,12 +10,13 @@ whether a kernel is any good on an A100 (``sm_80``) or H100 (``sm_90a``):
   vector loads; ``LDG.E.U16`` means one fp16 per instruction, a sign that an alignment hint
   is missing).
 
-Each kernel family exposes ``aot_specs() -> list[AotSpec]`` (see :mod:`kernels._common`);
-:func:`all_specs` gathers them, :func:`compile_spec` compiles one and measures it, and
-:func:`report` does every spec for several architectures. From the shell::
+Each kernel family builds its :class:`~kernels._common.AotSpec` list in its ``specs.py``;
+:func:`all_specs` gathers them at the trainer's configurations (the ghost-BN sites come from
+the model, through :func:`bench.shapes.bn_sites`), :func:`compile_spec` compiles one and
+measures it, and :func:`report` does every spec for several architectures. From the shell::
 
-    python -m kernels.aot                      # every spec, sm_80 and sm_90
-    python -m kernels.aot --arch 90 --json out.json
+    python -m bench.aot                        # every spec, sm_80 and sm_90
+    python -m bench.aot --arch 90 --json out.json
 
 The numbers come from the tools that ship inside the ``triton`` wheel: ``ptxas -v`` (rerun on
 Triton's PTX with Triton's own flags) for registers and spills, ``cuobjdump
@@ -43,13 +44,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.shapes import QUARTER, RECIPE_BATCH, bn_sites
 from kernels._common import AotSpec
+from kernels.augment import aot_specs as augment_aot_specs
+from kernels.ghost_bn_act import AotSite
+from kernels.ghost_bn_act import aot_specs as ghost_bn_act_aot_specs
 
 #: Architectures reported by default: A100 (sm_80) and H100 (sm_90, compiled as sm_90a).
 DEFAULT_ARCHS: tuple[int, ...] = (80, 90)
-
-#: Modules whose ``aot_specs()`` :func:`all_specs` collects.
-SPEC_MODULES: tuple[str, ...] = ("kernels.augment", "kernels.ghost_bn_act")
 
 #: Triton's argument attribute for "this pointer/integer is a multiple of 16" — the hint the
 #: JIT attaches when it sees a 16-byte-aligned pointer or an int divisible by 16.
@@ -492,7 +494,7 @@ def _compile_in_child(jobs: Sequence[tuple[AotSpec, int]]) -> list[KernelReport]
     # Each kernel's module must import in the child as it did here (test modules live on
     # sys.path entries that pytest added).
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    child = subprocess.run([sys.executable, "-m", "kernels.aot", "--child"],
+    child = subprocess.run([sys.executable, "-m", "bench.aot", "--child"],
                            input=json.dumps([_request(s, a) for s, a in jobs]),
                            capture_output=True, text=True, env=env, timeout=3600)
     if child.returncode != 0:
@@ -525,7 +527,7 @@ def _report_from_json(data: dict[str, Any]) -> KernelReport:
 
 
 def _child_main() -> int:
-    """``python -m kernels.aot --child``: a JSON list of compile requests on stdin, a JSON
+    """``python -m bench.aot --child``: a JSON list of compile requests on stdin, a JSON
     list of reports as the last line of stdout."""
     reports = []
     for request in json.loads(sys.stdin.read()):
@@ -546,18 +548,41 @@ def _child_main() -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def all_specs(modules: Iterable[str] = SPEC_MODULES) -> list[AotSpec]:
-    """Every ``AotSpec`` the kernel modules expose through an ``aot_specs()`` function.
+#: (model width, x dtype, activation, learnable scale) of the ghost-BN sites the default
+#: report compiles: the final recipe (CELU, frozen scale) in fp16 and bf16, and ReLU with a
+#: learnable scale in fp16 — together every kernel, both dtypes, both activations and both
+#: weight modes.
+GHOST_BN_RECIPES: tuple[tuple[float, str, str, bool], ...] = (
+    (1.0, "fp16", "celu", False), (1.0, "bf16", "celu", False), (1.0, "fp16", "relu", True))
 
-    A module without ``aot_specs`` contributes nothing, so this works while families are
-    still being written; a module that fails to import is an error, not silence.
+
+def ghost_bn_act_specs(full: bool = False) -> list[AotSpec]:
+    """Every ghost-BN kernel at the trainer's BN sites, deduplicated.
+
+    The sites are the model's own (:func:`bench.shapes.bn_sites`: channels_last, batch 512,
+    16 ghost splits; the chunking assumes ``kernels.ghost_bn_act.launch.NOMINAL_SMS``).
+    Default (~70 specs, ~1 s each to compile per arch): the six distinct sites at width 1 in
+    :data:`GHOST_BN_RECIPES` — every kernel, both dtypes, pool and no pool, both activations,
+    both weight modes, train and eval. ``full=True`` is the whole cross product, width 0.25
+    included (~290 specs; every one of them compiled without spills when this was written).
     """
-    specs: list[AotSpec] = []
-    for module_name in modules:
-        module = importlib.import_module(module_name)
-        fn = getattr(module, "aot_specs", None)
-        if fn is not None:
-            specs.extend(fn())
+    if full:
+        recipes = [(w, dt, act, hw) for w in (1.0, QUARTER) for dt in ("fp16", "bf16")
+                   for act in ("celu", "relu") for hw in (False, True)]
+    else:
+        recipes = list(GHOST_BN_RECIPES)
+    # Recipe-major order, as the labels of deduplicated specs depend on it (first one wins).
+    return ghost_bn_act_aot_specs(
+        AotSite(site.name, site.channels, site.height, site.width, site.pool, dt, act,
+                has_weight, site.batch, site.splits)
+        for width, dt, act, has_weight in recipes for site in bn_sites(RECIPE_BATCH, width))
+
+
+def all_specs() -> list[AotSpec]:
+    """Every spec the report compiles: the augmentation kernel at the data's shapes
+    (:func:`kernels.augment.aot_specs`), then the ghost-BN kernels at the trainer's BN sites
+    (:func:`ghost_bn_act_specs`). Raises ValueError if two specs share a label."""
+    specs = [*augment_aot_specs(), *ghost_bn_act_specs()]
     labels = [s.label for s in specs]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:
@@ -595,9 +620,9 @@ def format_table(reports: Sequence[KernelReport]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``python -m kernels.aot [--arch 80 90] [--label SUBSTR] [--json PATH]``."""
+    """CLI: ``python -m bench.aot [--arch 80 90] [--label SUBSTR] [--json PATH]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m kernels.aot",
+        prog="python -m bench.aot",
         description="Compile the Triton kernels for NVIDIA GPUs (no GPU needed) and report "
                     "registers, spills, shared memory and global load/store widths.")
     parser.add_argument("--arch", type=int, nargs="+", default=list(DEFAULT_ARCHS),
@@ -612,8 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     specs = [s for s in all_specs() if args.label is None or args.label in s.label]
     if not specs:
-        print(f"no AotSpecs found (none of {', '.join(SPEC_MODULES)} define aot_specs(), "
-              "or --label matched nothing)", file=sys.stderr)
+        print(f"no AotSpecs found: no label contains {args.label!r}", file=sys.stderr)
         return 1
     reports = report(args.arch, specs)
     print(format_table(reports))

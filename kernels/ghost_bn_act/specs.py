@@ -1,0 +1,305 @@
+"""What ghost BN costs, without running it: the bytes it moves and its ahead-of-time specs.
+
+:func:`ghost_bn_act_bytes` counts the DRAM bytes of the Triton kernels against the eager
+sequence of PyTorch ops. :func:`site_specs` and :func:`aot_specs` turn call sites
+(:class:`AotSite`: shape, dtype, activation, scale) into the :class:`~kernels._common.AotSpec`
+of every kernel a training step and an eval forward launch there. Which sites to compile is
+the caller's choice: ``bench.aot`` passes the trainer's BN sites, read from the model.
+Both use the launch plan of :mod:`kernels.ghost_bn_act.launch` (at NOMINAL_SMS SMs), so they
+count and compile what a real launch does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from kernels._common import AotSpec
+from kernels.ghost_bn_act.launch import (
+    _ACT_CODES,
+    FIN_BLOCK_C,
+    FIN_BLOCK_K,
+    FIN_BLOCK_S,
+    FIN_NUM_WARPS,
+    NUM_WARPS,
+    TILE,
+    TILE_POOL,
+    _argmax_vec,
+    _cdiv,
+    _chunking,
+    _target_programs,
+    _tile_shape,
+)
+from kernels.ghost_bn_act.triton_kernels import (
+    _ghost_bn_act_bwd_finalize_kernel,
+    _ghost_bn_act_bwd_kernel,
+    _ghost_bn_act_bwd_reduce_kernel,
+    _ghost_bn_act_fwd_finalize_kernel,
+    _ghost_bn_act_fwd_kernel,
+    _ghost_bn_act_fwd_stats_kernel,
+)
+
+__all__ = ["AotSite", "aot_specs", "ghost_bn_act_bytes", "site_specs"]
+
+
+# --------------------------------------------------------------------------------------------
+# Bytes moved: fused kernels vs the eager sequence of PyTorch ops
+# --------------------------------------------------------------------------------------------
+
+
+def ghost_bn_act_bytes(
+    shape: tuple[int, int, int, int],
+    dtype: torch.dtype,
+    pool: bool,
+    training: bool,
+    backward: bool,
+    *,
+    splits: int = 16,
+    learnable_scale: bool = True,
+    act: str | None = "celu",
+) -> dict[str, Any]:
+    """Counted DRAM bytes of one call (forward, plus backward when ``backward``).
+
+    ``shape`` is x's (B, C, H, W). Returns ``{"triton": int, "eager": int, "ratio": float,
+    "triton_detail": {kernel: bytes}, "eager_detail": {op: bytes}}``; every tensor a kernel
+    reads or writes counts once (per-channel parameters included; re-reads that hit L2 do
+    not). ``training`` with ``backward`` is the trainer's step; eval with ``backward``
+    counts the (rare) eval-mode backward.
+
+    The eager model is the PyTorch op sequence of the seed's ghost BN site: F.max_pool2d
+    (CUDA computes int64 indices even without grad), F.batch_norm on each split (torch.split
+    views in, torch.cat out) without affine, ``* weight`` (learnable only), ``+ bias``, the
+    activation; backward: each op's backward kernel, dbias/dweight as separate reductions,
+    split's backward as a cat. BN counts two reads of its input (statistics, then normalise)
+    in training, as PyTorch's and cuDNN's kernels do; cuDNN's backward reads (dy, x) twice.
+    """
+    b, c, h, w = shape
+    e = torch.empty((), dtype=dtype).element_size()
+    f32 = 4
+    n = b * c * h * w
+    m = n // 4 if pool else n
+    oh, ow = (h // 2, w // 2) if pool else (h, w)
+    s = splits if training else 1
+    params = (2 if learnable_scale else 1) * c * f32  # bias (+ weight)
+    tr: dict[str, int] = {}
+
+    save_pool = pool and (training or backward)
+    if training or save_pool:
+        tile = TILE_POOL if pool else TILE
+        bq, bc = _tile_shape(c, oh * ow, True, tile)
+        _, chunks = _chunking((b // s) * _cdiv(oh * ow, bq), s, _cdiv(c, bc),
+                              _target_programs(None), bq)
+        part = 2 * s * chunks * c * f32 if training else 0
+        tr["fwd_stats"] = n * e + (m * e + m if save_pool else 0) + part
+        tr["fwd_finalize"] = part + (s * c * e if training else 0) + 2 * s * c * f32 + (
+            4 if training else 2) * c * f32
+    else:
+        tr["fwd_finalize"] = 2 * c * f32 + 2 * c * f32
+    tr["fwd"] = (m * e if save_pool or not pool else n * e) + m * e + 2 * s * c * f32 + params
+    if backward:
+        bq, bc = _tile_shape(c, oh * ow, True, TILE)
+        _, chunks = _chunking((b // s) * _cdiv(oh * ow, bq), s, _cdiv(c, bc),
+                              _target_programs(None), bq)
+        part = 2 * s * chunks * c * f32
+        tr["bwd_reduce"] = 2 * m * e + part + 2 * s * c * f32 + params
+        tr["bwd_finalize"] = part + 2 * s * c * f32 + 2 * c * f32
+        tr["bwd"] = 2 * m * e + (m if pool else 0) + n * e + 4 * s * c * f32 + params
+
+    ea: dict[str, int] = {}
+    if pool:
+        ea["max_pool2d"] = n * e + m * e + m * 8
+    if training:
+        ea["batch_norm"] = 3 * m * e + 2 * s * c * f32
+        if s > 1:
+            ea["cat"] = 2 * m * e
+    else:
+        ea["batch_norm"] = 2 * m * e
+    if learnable_scale:
+        ea["mul_weight"] = 2 * m * e + c * f32
+    ea["add_bias"] = 2 * m * e + c * f32
+    if act is not None:
+        ea[f"{act}"] = 2 * m * e
+    if backward:
+        if act is not None:
+            ea[f"{act}_backward"] = 3 * m * e
+        ea["bias_grad_sum"] = m * e + c * f32
+        if learnable_scale:
+            ea["mul_backward"] = 2 * m * e + 3 * m * e + m * e  # g·w; g·x̂ then its sum
+        if s > 1:
+            ea["cat_backward"] = 2 * m * e  # split's backward concatenates the per-split grads
+        ea["batch_norm_backward"] = (5 if training else 3) * m * e + 2 * s * c * f32
+        if pool:
+            ea["max_pool2d_backward"] = m * e + m * 8 + n * e
+    triton_total, eager_total = sum(tr.values()), sum(ea.values())
+    return {"triton": triton_total, "eager": eager_total,
+            "ratio": eager_total / triton_total,
+            "triton_detail": tr, "eager_detail": ea}
+
+
+# --------------------------------------------------------------------------------------------
+# Ahead-of-time specs
+# --------------------------------------------------------------------------------------------
+
+_TRITON_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class AotSite:
+    """One ghost-BN call to compile for: x (batch, channels, height, width), channels_last.
+
+    ``dtype`` is x's Triton type name ("fp16", "bf16" or "fp32"); ``act`` "celu", "relu" or
+    "none"; ``has_weight`` a learnable scale (else frozen at 1); ``splits`` the ghost splits
+    of a training batch. ``name`` starts every label (``ghost_bn_fwd-<name>-c<C>-<dtype>…``).
+    """
+
+    name: str
+    channels: int
+    height: int
+    width: int
+    pool: bool
+    dtype: str
+    act: str
+    has_weight: bool
+    batch: int
+    splits: int
+
+
+def _div16(names_values: dict[str, int]) -> tuple[str, ...]:
+    """The integer arguments the JIT would mark divisible by 16 (it tests every int it gets)."""
+    return tuple(k for k, v in names_values.items() if v % 16 == 0)
+
+
+def site_specs(site: AotSite) -> list[AotSpec]:
+    """The kernels one training step plus one eval forward run at ``site``, as the launchers
+    in :mod:`kernels.ghost_bn_act.launch` would plan them for a GPU of NOMINAL_SMS SMs.
+
+    Every pointer is declared 16-byte aligned, as the trainer's tensors (whole allocations)
+    always are; each integer is declared divisible by 16 where it is, as the JIT would.
+    """
+    channels, height, width, pool = site.channels, site.height, site.width, site.pool
+    dt, act, has_weight = site.dtype, site.act, site.has_weight
+    batch, splits = site.batch, site.splits
+    e = f"*{dt}"
+    esize = _TRITON_DTYPES[dt].itemsize
+    out_h, out_w = (height // 2, width // 2) if pool else (height, width)
+    hw, ohw = height * width, out_h * out_w
+    per_split = batch // splits
+    tag = f"{site.name}-c{channels}-{dt}"
+    specs = []
+    # pass 1 (training)
+    bq, bc = _tile_shape(channels, ohw, True, TILE_POOL if pool else TILE)
+    tiles = per_split * _cdiv(ohw, bq)
+    tpp, n_chunks = _chunking(tiles, splits, _cdiv(channels, bc), _target_programs(None), bq)
+    ints = dict(C=channels, HW=hw, W=width, OHW=ohw, OW=out_w, G=per_split, tiles_per_prog=tpp)
+    specs.append(AotSpec(
+        f"ghost_bn_fwd_stats-{tag}{'-pool' if pool else ''}", _ghost_bn_act_fwd_stats_kernel,
+        {"x_ptr": e, "pooled_ptr": e, "argmax_ptr": "*u8", "psum_ptr": "*fp32",
+         "psq_ptr": "*fp32", **{k: "i32" for k in ints}, "POOL": "constexpr",
+         "STATS": "constexpr", "SAVE_POOL": "constexpr", "CHANNELS_LAST": "constexpr",
+         "BLOCK_Q": "constexpr", "BLOCK_C": "constexpr", "ARGMAX_VEC": "constexpr"},
+        dict(POOL=pool, STATS=True, SAVE_POOL=pool, CHANNELS_LAST=True, BLOCK_Q=bq, BLOCK_C=bc,
+             ARGMAX_VEC=_argmax_vec(esize, bq, bc, True)),
+        num_warps=NUM_WARPS,
+        divisible_by_16=("x_ptr", "pooled_ptr", "argmax_ptr", "psum_ptr", "psq_ptr")
+        + _div16(ints)))
+    # pass 2, training and eval
+    fin_ints = dict(C=channels, S=splits, n_chunks=n_chunks, G=per_split,
+                    CHW=channels * hw, chan_stride=1)
+    for training in (True, False):
+        specs.append(AotSpec(
+            f"ghost_bn_fwd_finalize-{tag}-{'train' if training else 'eval'}",
+            _ghost_bn_act_fwd_finalize_kernel,
+            {"psum_ptr": "*fp32", "psq_ptr": "*fp32", "x_ptr": e, "mean_ptr": "*fp32",
+             "rstd_ptr": "*fp32", "running_mean_ptr": "*fp32", "running_var_ptr": "*fp32",
+             **{k: "i32" for k in fin_ints}, "inv_count": "fp32", "unbias": "fp32",
+             "eps": "fp32", "momentum": "fp32", "TRAINING": "constexpr", "BLOCK_S": "constexpr",
+             "BLOCK_K": "constexpr", "BLOCK_C": "constexpr"},
+            dict(TRAINING=training, BLOCK_S=FIN_BLOCK_S, BLOCK_K=FIN_BLOCK_K,
+                 BLOCK_C=FIN_BLOCK_C),
+            num_warps=FIN_NUM_WARPS,
+            divisible_by_16=("psum_ptr", "psq_ptr", "x_ptr", "mean_ptr", "rstd_ptr",
+                             "running_mean_ptr", "running_var_ptr")
+            + _div16({k: v for k, v in fin_ints.items() if k != "chan_stride"})))
+    # pass 3: training (normalises the pooled copy / x) and eval without grad (pools x)
+    recipe = f"{act}-{'w' if has_weight else 'frozen'}"
+    for pool_now, g in ((False, per_split), (True, batch)):
+        if pool_now and not pool:
+            continue
+        bq, bc = _tile_shape(channels, ohw, True, TILE_POOL if pool_now else TILE)
+        ints = dict(C=channels, HW=hw, W=width, OHW=ohw, OW=out_w, G=g)
+        specs.append(AotSpec(
+            f"ghost_bn_fwd-{tag}-{recipe}{'-pool' if pool_now else ''}", _ghost_bn_act_fwd_kernel,
+            {"src_ptr": e, "y_ptr": e, "mean_ptr": "*fp32", "rstd_ptr": "*fp32",
+             "bias_ptr": "*fp32", "weight_ptr": "*fp32", **{k: "i32" for k in ints},
+             "alpha": "fp32", "inv_alpha": "fp32", "POOL": "constexpr", "ACT": "constexpr",
+             "HAS_WEIGHT": "constexpr", "CHANNELS_LAST": "constexpr", "BLOCK_Q": "constexpr",
+             "BLOCK_C": "constexpr"},
+            dict(POOL=pool_now, ACT=_ACT_CODES[act], HAS_WEIGHT=has_weight, CHANNELS_LAST=True,
+                 BLOCK_Q=bq, BLOCK_C=bc),
+            num_warps=NUM_WARPS,
+            divisible_by_16=("src_ptr", "y_ptr", "mean_ptr", "rstd_ptr", "bias_ptr",
+                             "weight_ptr") + _div16(ints)))
+    # backward
+    bq, bc = _tile_shape(channels, ohw, True, TILE)
+    tiles = per_split * _cdiv(ohw, bq)
+    tpp, n_chunks = _chunking(tiles, splits, _cdiv(channels, bc), _target_programs(None), bq)
+    ints = dict(C=channels, OHW=ohw, G=per_split, tiles_per_prog=tpp)
+    specs.append(AotSpec(
+        f"ghost_bn_bwd_reduce-{tag}-{recipe}", _ghost_bn_act_bwd_reduce_kernel,
+        {"src_ptr": e, "dy_ptr": e, "mean_ptr": "*fp32", "rstd_ptr": "*fp32",
+         "bias_ptr": "*fp32", "weight_ptr": "*fp32", "pg_ptr": "*fp32", "pgx_ptr": "*fp32",
+         **{k: "i32" for k in ints}, "inv_alpha": "fp32", "ACT": "constexpr",
+         "HAS_WEIGHT": "constexpr", "CHANNELS_LAST": "constexpr", "BLOCK_Q": "constexpr",
+         "BLOCK_C": "constexpr"},
+        dict(ACT=_ACT_CODES[act], HAS_WEIGHT=has_weight, CHANNELS_LAST=True, BLOCK_Q=bq,
+             BLOCK_C=bc),
+        num_warps=NUM_WARPS,
+        divisible_by_16=("src_ptr", "dy_ptr", "mean_ptr", "rstd_ptr", "bias_ptr",
+                         "weight_ptr", "pg_ptr", "pgx_ptr") + _div16(ints)))
+    fin_ints = dict(C=channels, S=splits, n_chunks=n_chunks)
+    specs.append(AotSpec(
+        f"ghost_bn_bwd_finalize-{tag}", _ghost_bn_act_bwd_finalize_kernel,
+        {"pg_ptr": "*fp32", "pgx_ptr": "*fp32", "mean_g_ptr": "*fp32", "mean_gx_ptr": "*fp32",
+         "dbias_ptr": "*fp32", "dweight_ptr": "*fp32", **{k: "i32" for k in fin_ints},
+         "inv_count": "fp32", "TRAINING": "constexpr", "BLOCK_S": "constexpr",
+         "BLOCK_K": "constexpr", "BLOCK_C": "constexpr"},
+        dict(TRAINING=True, BLOCK_S=FIN_BLOCK_S, BLOCK_K=FIN_BLOCK_K, BLOCK_C=FIN_BLOCK_C),
+        num_warps=FIN_NUM_WARPS,
+        divisible_by_16=("pg_ptr", "pgx_ptr", "mean_g_ptr", "mean_gx_ptr", "dbias_ptr",
+                         "dweight_ptr") + _div16(fin_ints)))
+    bq, bc = _tile_shape(channels, ohw, True, TILE_POOL if pool else TILE)
+    ints = dict(C=channels, HW=hw, W=width, OHW=ohw, OW=out_w, G=per_split)
+    specs.append(AotSpec(
+        f"ghost_bn_bwd-{tag}-{recipe}{'-pool' if pool else ''}", _ghost_bn_act_bwd_kernel,
+        {"src_ptr": e, "dy_ptr": e, "argmax_ptr": "*u8", "dx_ptr": e, "mean_ptr": "*fp32",
+         "rstd_ptr": "*fp32", "bias_ptr": "*fp32", "weight_ptr": "*fp32",
+         "mean_g_ptr": "*fp32", "mean_gx_ptr": "*fp32", **{k: "i32" for k in ints},
+         "inv_alpha": "fp32", "POOL": "constexpr", "ACT": "constexpr",
+         "HAS_WEIGHT": "constexpr", "CHANNELS_LAST": "constexpr", "BLOCK_Q": "constexpr",
+         "BLOCK_C": "constexpr", "ARGMAX_VEC": "constexpr"},
+        dict(POOL=pool, ACT=_ACT_CODES[act], HAS_WEIGHT=has_weight, CHANNELS_LAST=True,
+             BLOCK_Q=bq, BLOCK_C=bc, ARGMAX_VEC=_argmax_vec(esize, bq, bc, True)),
+        num_warps=NUM_WARPS,
+        divisible_by_16=("src_ptr", "dy_ptr", "argmax_ptr", "dx_ptr", "mean_ptr",
+                         "rstd_ptr", "bias_ptr", "weight_ptr", "mean_g_ptr",
+                         "mean_gx_ptr") + _div16(ints)))
+    return specs
+
+
+def aot_specs(sites: Iterable[AotSite]) -> list[AotSpec]:
+    """:func:`site_specs` of every site, in order, without repeats.
+
+    Two specs are the same compile when kernel, argument types, constexprs and divisibility
+    hints agree (the integer values themselves are not compiled in); the first one's label
+    is kept.
+    """
+    specs: dict[tuple, AotSpec] = {}
+    for site in sites:
+        for spec in site_specs(site):
+            key = (spec.kernel, tuple(sorted(spec.signature.items())),
+                   tuple(sorted(spec.constexprs.items())), tuple(sorted(spec.divisible_by_16)))
+            specs.setdefault(key, spec)
+    return list(specs.values())
