@@ -10,7 +10,10 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import subprocess
+import sys
 import tarfile
+import urllib.error
 import warnings
 from pathlib import Path
 
@@ -19,12 +22,15 @@ import pytest
 import torch
 
 import train.data as data_module
+import train.download as download_module
 from cifar_archive import (ARCHIVE_NAME, CLASSES, FILE_BYTES, FOLDER_NAME,
                            IMAGE_BYTES, RECORD_BYTES, RECORDS_PER_FILE, drop, file_md5,
                            make_archive, set_label, synthetic_cifar, truncate, write_batches)
 from train.data import (OFFICIAL_MD5, Cifar10, DataError, DataNotice, load_cifar10,
                         resolve_data_dir)
 
+REPO = Path(__file__).resolve().parent.parent
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"   # the official one
 REAL_COPY_MD5 = "51c49b9bc1db1ce852a714391c0d3593"   # /work/shared/cifar10 (JPEG re-encoded)
 # Read before the autouse fixture below hides it from every other test.
 REAL_CIFAR10_DIR = os.environ.get("CIFAR10_DIR", "")
@@ -244,14 +250,20 @@ def test_truncated_batch_file_in_archive(tmp_path):
     with pytest.raises(DataError, match=r"data_batch_3\.bin .* is 1,234 bytes; a CIFAR-10 "
                                         r"batch file is 30,730,000 bytes") as error:
         load_quietly(path, download=False)
-    assert "delete it and download again" in str(error.value)
+    # The user's own file (--data-dir): told what to point at, never to delete it.
+    assert f"point --data-dir at a complete copy of {ARCHIVE_NAME}" in str(error.value)
+    assert "delete" not in str(error.value)
 
 
 def test_oversized_batch_file_in_folder(tmp_path, batches_parent):
     grown = (batches_parent / FOLDER_NAME / "test_batch.bin").read_bytes() + bytes(RECORD_BYTES)
     folder = linked_folder(tmp_path, batches_parent, test_batch_bin=grown)
-    with pytest.raises(DataError, match=r"test_batch\.bin .* is 30,733,073 bytes"):
+    with pytest.raises(DataError, match=r"test_batch\.bin .* is 30,733,073 bytes") as error:
         load_cifar10(folder, download=False)
+    # The folder is the user's: told what to point at, not to delete it.
+    assert str(error.value).endswith(f"point --data-dir at a freshly unpacked {FOLDER_NAME}/ "
+                                     f"or at {ARCHIVE_NAME} ({CIFAR_URL})")
+    assert "delete" not in str(error.value)
 
 
 def test_missing_batch_file(tmp_path, batches_parent):
@@ -285,7 +297,7 @@ def test_truncated_archive(tmp_path, archive_dir):
     content = (archive_dir / ARCHIVE_NAME).read_bytes()
     path = tmp_path / ARCHIVE_NAME
     path.write_bytes(content[:len(content) // 2])
-    with pytest.raises(DataError, match=r"is truncated .* delete it and download again"):
+    with pytest.raises(DataError, match=r"is truncated .* point --data-dir at a complete"):
         load_cifar10(tmp_path, download=False)
 
 
@@ -295,14 +307,15 @@ def test_corrupt_archive(tmp_path, archive_dir):
     content[middle:middle + 64] = bytes(64)   # garbage inside the deflate stream
     path = tmp_path / ARCHIVE_NAME
     path.write_bytes(bytes(content))
-    with pytest.raises(DataError, match=r"is corrupt .* delete it and download again"):
+    with pytest.raises(DataError, match=r"is corrupt .* point --data-dir at a complete"):
         load_cifar10(path, download=False)
 
 
 @pytest.mark.parametrize("content, expected", [
-    (b"", r"is empty \(0 bytes\)"),
-    (b"<!DOCTYPE html><html>404 Not Found</html>", r"is not a gzip file \(it looks like a web"),
-    (b"PK\x03\x04 a zip file", r"is not a gzip file: "),
+    (b"", r"is empty \(0 bytes\), not a CIFAR-10 archive"),
+    (b"<!DOCTYPE html><html>404 Not Found</html>",
+     r"is not a CIFAR-10 archive \(not a gzip file; it looks like a web page"),
+    (b"PK\x03\x04 a zip file", r"is not a CIFAR-10 archive \(not a gzip file\): "),
 ])
 def test_not_a_gzip_file(tmp_path, content, expected):
     (tmp_path / ARCHIVE_NAME).write_bytes(content)
@@ -327,6 +340,83 @@ def test_python_version_archive_is_refused_with_a_pointer(tmp_path):
     path.write_bytes(buffer.getvalue())
     with pytest.raises(DataError, match=r"Python \(pickle\) version .* cifar-10-binary"):
         load_quietly(path, download=False)
+
+
+# --- whose file it is: the advice at the end of a refusal ----------------------------------
+
+NOT_GZIP = b"PK\x03\x04 a zip file, not gzip" * 10
+
+
+def test_file_named_by_data_dir_is_not_a_cifar_archive_and_is_not_to_be_deleted(tmp_path):
+    """--data-dir naming some other file: said to be no CIFAR-10 archive; the user is told
+    what to point at, never to delete or download over their own file."""
+    path = tmp_path / "photos.zip"
+    path.write_bytes(NOT_GZIP)
+    with pytest.raises(DataError) as error:
+        load_cifar10(path, url="file:///nonexistent/never-fetched.tar.gz", log=None)
+    message = str(error.value)
+    assert message.startswith(f"{path} is not a CIFAR-10 archive (not a gzip file): ")
+    assert f"point --data-dir at a complete copy of {ARCHIVE_NAME}" in message
+    assert "delete" not in message and "download again" not in message
+    assert "\n" not in message and path.read_bytes() == NOT_GZIP
+
+
+def test_file_named_by_the_environment_variable_gets_the_same_care(tmp_path, monkeypatch):
+    path = tmp_path / ARCHIVE_NAME
+    path.write_bytes(NOT_GZIP)
+    monkeypatch.setenv("CIFAR10_DIR", str(tmp_path))
+    with pytest.raises(DataError, match="is not a CIFAR-10 archive") as error:
+        load_cifar10(download=False)
+    assert "point the CIFAR10_DIR environment variable at a complete copy" in str(error.value)
+    assert "delete" not in str(error.value)
+
+
+def test_bad_archive_in_the_trainers_own_cache_may_be_downloaded_again(tmp_path):
+    """The cache is the trainer's: there, deleting and downloading again is the fix."""
+    cache = tmp_path / "xdg-cache" / "resnet9-speedrun" / "cifar10"   # see _no_data_env
+    cache.mkdir(parents=True)
+    (cache / ARCHIVE_NAME).write_bytes(NOT_GZIP)
+    with pytest.raises(DataError, match=r"is not a CIFAR-10 archive \(not a gzip file\): "
+                                        r"delete it and download again$"):
+        load_cifar10(download=False)
+
+
+# --- symbolic link loops --------------------------------------------------------------------
+
+def loop(link: Path) -> Path:
+    """Make ``link`` a symbolic link to itself (the shortest loop); returns it."""
+    link.symlink_to(link.name)
+    return link
+
+
+@pytest.mark.parametrize("layout", ["data-dir", "archive", "batches-folder", "parent",
+                                    "batch-file"])
+def test_symbolic_link_loop_is_named_in_one_line(tmp_path, layout):
+    """A loop was taken for a missing data set (Path.exists says False), so the trainer
+    offered to download over it; now the loop itself is named."""
+    root = tmp_path / "data"
+    if layout == "data-dir":
+        root = link = loop(tmp_path / "data")
+    elif layout == "archive":
+        root.mkdir()
+        link = loop(root / ARCHIVE_NAME)
+    elif layout == "batches-folder":
+        root.mkdir()
+        link = loop(root / FOLDER_NAME)
+    elif layout == "parent":
+        link = loop(tmp_path / "link")
+        root = link / "inside"
+    else:   # a batch file in an otherwise ordinary unpacked folder
+        folder = root / FOLDER_NAME
+        folder.mkdir(parents=True)
+        link = loop(folder / "data_batch_1.bin")
+    with pytest.raises(DataError) as error:
+        # Downloading allowed: a loop must be reported, not downloaded over.
+        load_cifar10(root, url="file:///nonexistent/never-fetched.tar.gz", log=None)
+    message = str(error.value)
+    assert message.startswith(f"{link} is a symbolic link loop")
+    assert "fix the link" in message and "--data-dir" in message and "\n" not in message
+    assert link.is_symlink() and os.readlink(link) == link.name    # left as it was
 
 
 # --- downloading ----------------------------------------------------------------------------
@@ -361,7 +451,7 @@ def test_download_with_wrong_md5_leaves_nothing(archive_dir, tmp_path):
     with pytest.raises(DataError, match=r"has md5 [0-9a-f]{32}, not the expected 0{32}"):
         load_cifar10(target_dir, url=(archive_dir / ARCHIVE_NAME).as_uri(),
                      expected_md5="0" * 32, log=None)
-    assert list(target_dir.iterdir()) == []   # not the archive, not a temp file
+    assert not target_dir.exists()   # not the archive, not a temp file, not the folder
 
 
 @pytest.mark.parametrize("url", [
@@ -377,7 +467,7 @@ def test_unreachable_url_says_where_to_put_the_archive(url, tmp_path, monkeypatc
     assert str(target_dir / ARCHIVE_NAME) in message
     assert "--data-dir" in message and "CIFAR10_DIR" in message
     assert "\n" not in message
-    assert list(target_dir.iterdir()) == []
+    assert not target_dir.exists()   # the folder made for the download is gone too
 
 
 def test_download_into_an_unwritable_place_fails_clearly(tmp_path, archive_dir):
@@ -385,6 +475,66 @@ def test_download_into_an_unwritable_place_fails_clearly(tmp_path, archive_dir):
     blocker.write_text("a file where a folder should be")
     with pytest.raises(DataError, match=r"cannot download it into .* put it at"):
         load_cifar10(blocker / "sub", url=(archive_dir / ARCHIVE_NAME).as_uri(), log=None)
+
+
+def test_failed_download_removes_the_folders_it_created_and_only_those(tmp_path,
+                                                                       archive_dir):
+    mine = tmp_path / "mine"
+    mine.mkdir()                               # the user's, empty: it must stay
+    target = mine / "new" / "deeper"
+    with pytest.raises(DataError, match="has md5"):
+        load_cifar10(target, url=(archive_dir / ARCHIVE_NAME).as_uri(),
+                     expected_md5="0" * 32, log=None)
+    assert mine.is_dir() and list(mine.iterdir()) == []
+
+
+def test_download_interrupted_by_ctrl_c_leaves_no_folder(tmp_path, monkeypatch):
+    def interrupted(url, timeout):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(download_module.urllib.request, "urlopen", interrupted)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(KeyboardInterrupt):
+        load_cifar10(log=None)
+    assert not (tmp_path / "cache").exists()   # the whole chain it made, XDG folder too
+
+
+def test_download_keeps_a_folder_someone_else_filled_meanwhile(tmp_path, monkeypatch):
+    """Only empty folders are removed: a file put there during the download stays."""
+    target = tmp_path / "a" / "b"
+
+    def someone_writes_there(url, timeout):
+        (tmp_path / "a" / "notes.txt").write_text("mine")
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(download_module.urllib.request, "urlopen", someone_writes_there)
+    with pytest.raises(DataError, match="no network"):
+        load_cifar10(target, log=None)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["notes.txt"]
+
+
+# --- the command line -----------------------------------------------------------------------
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "train", "--device", "cpu", *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "CIFAR10_DIR": ""})
+
+
+@pytest.mark.parametrize("case", ["loop", "not-gzip"])
+def test_cli_reports_a_bad_data_dir_in_one_line_with_exit_3(tmp_path, case):
+    path = loop(tmp_path / "data") if case == "loop" else tmp_path / "notes.tar.gz"
+    if case == "not-gzip":
+        path.write_bytes(NOT_GZIP)
+    result = run_cli("--data-dir", str(path), "--no-download")
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    expected = ("is a symbolic link loop" if case == "loop" else
+                "is not a CIFAR-10 archive (not a gzip file)")
+    assert lines[0].startswith(f"error: {path} {expected}")
+    assert "delete" not in lines[0]
 
 
 # --- Cifar10 methods ------------------------------------------------------------------------
