@@ -28,23 +28,31 @@ import os
 import platform
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 
-__all__ = ["Samples", "Timed", "TimingPlan", "compare", "rotation_count", "cache_bytes", "quantile",
-           "device_name", "cpu_model"]
+__all__ = [
+    "Samples",
+    "Timed",
+    "TimingPlan",
+    "compare",
+    "rotation_count",
+    "cache_bytes",
+    "quantile",
+    "device_name",
+    "cpu_model",
+]
 
 
 def quantile(values: list[float], q: float) -> float:
-    """The ``q`` quantile of ``values`` with linear interpolation (numpy's default)."""
+    """The ``q`` quantile of ``values`` (``numpy.quantile``, linear interpolation); NaN when
+    there are no values (a candidate that took no samples), where numpy would raise."""
     if not values:
         return math.nan
-    s = sorted(values)
-    pos = q * (len(s) - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+    return float(np.quantile(values, q))
 
 
 @dataclass
@@ -97,7 +105,7 @@ class TimingPlan:
     budget_s: float = 4.0
     min_rounds: int = 3
     max_rounds: int = 30
-    warmup_s: float = 0.2        # 0: no warm-up call (the caller's first call warmed up)
+    warmup_s: float = 0.2  # 0: no warm-up call (the caller's first call warmed up)
     min_sample_s: float = 2e-3
     gpu_rep_ms: float = 25.0
 
@@ -112,8 +120,9 @@ def _rotated(names: list[str], shift: int) -> list[str]:
     return names[shift:] + names[:shift]
 
 
-def compare(candidates: Mapping[str, Candidate], device: torch.device,
-            plan: TimingPlan = TimingPlan()) -> dict[str, Samples]:
+def compare(
+    candidates: Mapping[str, Candidate], device: torch.device, plan: TimingPlan = TimingPlan()
+) -> dict[str, Samples]:
     """Time every candidate side by side, alternating; seconds per call of each.
 
     A candidate is a no-argument callable doing one call of the op, or a :class:`Timed`
@@ -144,11 +153,12 @@ def _cpu_sample(c: Candidate, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def _compare_cpu(candidates: Mapping[str, Candidate], names: list[str],
-                 plan: TimingPlan) -> dict[str, Samples]:
+def _compare_cpu(
+    candidates: Mapping[str, Candidate], names: list[str], plan: TimingPlan
+) -> dict[str, Samples]:
     calls: dict[str, int] = {}
     per_call: dict[str, float] = {}
-    for name in names:                       # warm-up, and how many calls make a sample
+    for name in names:  # warm-up, and how many calls make a sample
         n, spent, start = 0, 0.0, time.perf_counter()
         if plan.warmup_s <= 0:
             per_call[name], calls[name] = 1.0, 1
@@ -162,9 +172,12 @@ def _compare_cpu(candidates: Mapping[str, Candidate], names: list[str],
         calls[name] = max(1, math.ceil(plan.min_sample_s / max(per_call[name], 1e-9)))
     round_s = sum(per_call[n] * calls[n] for n in names)
     rounds = int(min(plan.max_rounds, max(plan.min_rounds, plan.budget_s / max(round_s, 1e-9))))
-    out = {n: Samples(calls_per_sample=calls[n],
-                      method=f"perf_counter, {torch.get_num_threads()} threads")
-           for n in names}
+    out = {
+        n: Samples(
+            calls_per_sample=calls[n], method=f"perf_counter, {torch.get_num_threads()} threads"
+        )
+        for n in names
+    }
     start = time.perf_counter()
     for r in range(rounds):
         # A machine much slower than the warm-up predicted (other jobs on the cores) must
@@ -204,14 +217,17 @@ def _events_calls(c: Timed, reps: int) -> list[float]:
 SLOW_CALL_MS = 100.0
 
 
-def _compare_gpu(candidates: Mapping[str, Candidate], names: list[str],
-                 device: torch.device, plan: TimingPlan) -> dict[str, Samples]:
+def _compare_gpu(
+    candidates: Mapping[str, Candidate], names: list[str], device: torch.device, plan: TimingPlan
+) -> dict[str, Samples]:
     from triton.testing import do_bench
 
-    out = {n: Samples(method="CUDA events, L2 cleared per call (triton.testing.do_bench)")
-           for n in names}
+    out = {
+        n: Samples(method="CUDA events, L2 cleared per call (triton.testing.do_bench)")
+        for n in names
+    }
     per_call_ms: dict[str, float] = {}
-    for name in names:                       # warm-up (untimed) and a first estimate
+    for name in names:  # warm-up (untimed) and a first estimate
         per_call_ms[name] = _events_calls(_as_timed(candidates[name]), 1)[0]
         if per_call_ms[name] < SLOW_CALL_MS and not isinstance(candidates[name], Timed):
             do_bench(candidates[name], warmup=max(plan.warmup_s * 1e3, 1.0), rep=1)
@@ -226,8 +242,9 @@ def _compare_gpu(candidates: Mapping[str, Candidate], names: list[str],
 
     start = time.perf_counter()
     r = 0
-    while r < plan.max_rounds and (r < plan.min_rounds
-                                   or time.perf_counter() - start < plan.budget_s):
+    while r < plan.max_rounds and (
+        r < plan.min_rounds or time.perf_counter() - start < plan.budget_s
+    ):
         for name in _rotated(names, r):
             out[name].seconds.extend(t * 1e-3 for t in bench_ms(name))
         r += 1
@@ -252,7 +269,8 @@ def cache_bytes(device: torch.device) -> int:
             with open(os.path.join(base, entry, "size")) as f:
                 text = f.read().strip()
             value = int(text.rstrip("KMG")) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(
-                text[-1], 1)
+                text[-1], 1
+            )
             best = max(best, value)
         return best or 32 << 20
     except (OSError, ValueError):

@@ -16,6 +16,7 @@ import json
 import sys
 
 import pytest
+import torch
 import triton
 import triton.language as tl
 
@@ -57,14 +58,26 @@ _SIGNATURE = {"x_ptr": "*fp16", "y_ptr": "*fp16", "n": "i32", "BLOCK": "constexp
 
 # With the hints (pointers 16-byte aligned, n a multiple of 16 so the mask is uniform over
 # each 8-element vector) the compiler may use 128-bit accesses; without them it must not.
-HINTED = AotSpec("test-copy-hinted", _copy_double_kernel, _SIGNATURE, {"BLOCK": BLOCK},
-                 num_warps=4, divisible_by_16=("x_ptr", "y_ptr", "n"))
-UNHINTED = AotSpec("test-copy-unhinted", _copy_double_kernel, _SIGNATURE, {"BLOCK": BLOCK},
-                   num_warps=4)
+HINTED = AotSpec(
+    "test-copy-hinted",
+    _copy_double_kernel,
+    _SIGNATURE,
+    {"BLOCK": BLOCK},
+    num_warps=4,
+    divisible_by_16=("x_ptr", "y_ptr", "n"),
+)
+UNHINTED = AotSpec(
+    "test-copy-unhinted", _copy_double_kernel, _SIGNATURE, {"BLOCK": BLOCK}, num_warps=4
+)
 
-ROW_STATS = AotSpec("test-row-stats", _row_stats_kernel,
-                    {"x_ptr": "*fp16", "out_ptr": "*fp32", "n_cols": "i32", "BLOCK": "constexpr"},
-                    {"BLOCK": 256}, num_warps=2, divisible_by_16=("x_ptr", "n_cols"))
+ROW_STATS = AotSpec(
+    "test-row-stats",
+    _row_stats_kernel,
+    {"x_ptr": "*fp16", "out_ptr": "*fp32", "n_cols": "i32", "BLOCK": "constexpr"},
+    {"BLOCK": 256},
+    num_warps=2,
+    divisible_by_16=("x_ptr", "n_cols"),
+)
 
 # Collected at import so each real spec is its own test case; an error while building the
 # list becomes one failing test instead of breaking collection of this file.
@@ -121,21 +134,21 @@ def test_interpreter_and_compiler_do_not_disturb_each_other(tmp_path, monkeypatc
     """Under TRITON_INTERPRET=1 a kernel run by the interpreter rewires triton.language for
     the rest of the process; compiles then go to a separate process. Check both orders on a
     cold Triton cache (a warm one would hide a broken code generator)."""
-    torch = pytest.importorskip("torch")
     if not aot._interpreter_on():
         pytest.skip("needs TRITON_INTERPRET=1 (set by conftest)")
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton-cache"))
     x = torch.randn(3, 40).half()
     want = torch.sigmoid(x.float().sum(1) + x.float().max(1).values + 3)
     out = torch.empty(3)
-    _row_stats_kernel[(3,)](x, out, 40, BLOCK=64)          # the interpreter first …
+    _row_stats_kernel[(3,)](x, out, 40, BLOCK=64)  # the interpreter first …
     torch.testing.assert_close(out, want)
-    fresh = AotSpec("test-row-stats-cold", _row_stats_kernel, ROW_STATS.signature,
-                    {"BLOCK": 128}, num_warps=2)
-    report = aot.compile_spec(fresh, 90)                   # … then a cold compile …
+    fresh = AotSpec(
+        "test-row-stats-cold", _row_stats_kernel, ROW_STATS.signature, {"BLOCK": 128}, num_warps=2
+    )
+    report = aot.compile_spec(fresh, 90)  # … then a cold compile …
     assert report.registers > 0 and report.spill_bytes == 0
     out.zero_()
-    _row_stats_kernel[(3,)](x, out, 40, BLOCK=64)          # … then the interpreter again
+    _row_stats_kernel[(3,)](x, out, 40, BLOCK=64)  # … then the interpreter again
     torch.testing.assert_close(out, want)
     with pytest.raises(RuntimeError, match="compile_spec"):
         aot.compile_kernel(fresh, 90)
@@ -150,21 +163,43 @@ def test_divisibility_attrs_format():
     # Keys are positions in the full parameter list (constexprs count), as the JIT builds them.
     names = ["x_ptr", "y_ptr", "n", "BLOCK"]
     assert aot.divisibility_attrs(HINTED, names) == {
-        (0,): [["tt.divisibility", 16]], (1,): [["tt.divisibility", 16]],
+        (0,): [["tt.divisibility", 16]],
+        (1,): [["tt.divisibility", 16]],
         (2,): [["tt.divisibility", 16]],
     }
     assert aot.divisibility_attrs(UNHINTED, names) == {}
 
 
-@pytest.mark.parametrize("bad, message", [
-    (AotSpec("bad-name", _copy_double_kernel, _SIGNATURE, {"BLOCK": 64},
-             divisible_by_16=("z_ptr",)), "not an argument"),
-    (AotSpec("bad-kind", _copy_double_kernel, _SIGNATURE, {"BLOCK": 64},
-             divisible_by_16=("BLOCK",)), "only pointer and integer"),
-    (AotSpec("bad-signature", _copy_double_kernel, {"x_ptr": "*fp16"}, {"BLOCK": 64}),
-     "missing"),
-    (AotSpec("bad-constexpr", _copy_double_kernel, _SIGNATURE, {}), "without a value"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (
+            AotSpec(
+                "bad-name",
+                _copy_double_kernel,
+                _SIGNATURE,
+                {"BLOCK": 64},
+                divisible_by_16=("z_ptr",),
+            ),
+            "not an argument",
+        ),
+        (
+            AotSpec(
+                "bad-kind",
+                _copy_double_kernel,
+                _SIGNATURE,
+                {"BLOCK": 64},
+                divisible_by_16=("BLOCK",),
+            ),
+            "only pointer and integer",
+        ),
+        (
+            AotSpec("bad-signature", _copy_double_kernel, {"x_ptr": "*fp16"}, {"BLOCK": 64}),
+            "missing",
+        ),
+        (AotSpec("bad-constexpr", _copy_double_kernel, _SIGNATURE, {}), "without a value"),
+    ],
+)
 def test_spec_mistakes_are_clear_errors(bad, message):
     with pytest.raises(ValueError, match=message):
         aot.compile_spec(bad, 80)
@@ -193,9 +228,16 @@ def test_sass_width_parsing():
     """
     ops = aot.sass_opcodes(sass)
     assert ops["LDG.E.128"] == 1 and ops["STL"] == 1
-    assert [aot.access_width(op) for op in ("LDG.E.128", "LDG.E.U16", "LDG.E.64.CONSTANT",
-                                            "LDGSTS.E.BYPASS.LTC128B.128", "STG.E")] == [
-        128, 16, 64, 128, 32]
+    assert [
+        aot.access_width(op)
+        for op in (
+            "LDG.E.128",
+            "LDG.E.U16",
+            "LDG.E.64.CONSTANT",
+            "LDGSTS.E.BYPASS.LTC128B.128",
+            "STG.E",
+        )
+    ] == [128, 16, 64, 128, 32]
 
 
 def test_format_table_and_cli_without_matches(capsys):
@@ -216,7 +258,9 @@ def test_cli_table_and_json(monkeypatch, tmp_path, capsys):
     assert "test-copy-hinted" in printed and "sm_90a" in printed
     rows = json.loads(out.read_text())
     assert [(r["label"], r["arch"]) for r in rows] == [
-        ("test-copy-hinted", "sm_80"), ("test-copy-hinted", "sm_90a")]
+        ("test-copy-hinted", "sm_80"),
+        ("test-copy-hinted", "sm_90a"),
+    ]
     assert all(r["has_128bit_loads"] and r["spill_bytes"] == 0 for r in rows)
 
 
@@ -240,9 +284,11 @@ def test_spec_compiles_without_spills(spec, arch, record_property, all_compiled)
     uses no local memory; the ghost-BN streaming kernels (all but the finalize passes) run
     channels_last with C a multiple of 16, so their loads must be 16-byte vectors."""
     r = aot.compile_spec(spec, arch)
-    summary = (f"{r.label} {r.arch}: {r.registers} regs, spills {r.spill_store_bytes}/"
-               f"{r.spill_load_bytes} B, smem {r.static_shared_bytes}+{r.dynamic_shared_bytes} B, "
-               f"loads {r.load_widths}, stores {r.store_widths}")
+    summary = (
+        f"{r.label} {r.arch}: {r.registers} regs, spills {r.spill_store_bytes}/"
+        f"{r.spill_load_bytes} B, smem {r.static_shared_bytes}+{r.dynamic_shared_bytes} B, "
+        f"loads {r.load_widths}, stores {r.store_widths}"
+    )
     print(summary)
     record_property("registers", r.registers)
     record_property("shared_bytes", r.shared_bytes)

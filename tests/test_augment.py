@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+import bench.aot as aot
 import kernels
 from kernels.augment import (  # the package's ``augment`` is the function, not this module
     OUT_DTYPES,
@@ -40,13 +41,22 @@ def _random_stats(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return mean, std
 
 
-def _case(n: int, c: int, h: int, w: int, batch: int, pad: int, cutout_size: int,
-          index_dtype: torch.dtype = torch.int64):
+def _case(
+    n: int,
+    c: int,
+    h: int,
+    w: int,
+    batch: int,
+    pad: int,
+    cutout_size: int,
+    index_dtype: torch.dtype = torch.int64,
+):
     """A random data set and one batch's random parameters."""
     data = torch.randint(0, 256, (n, c, h, w), dtype=torch.uint8)
     indices = torch.randint(0, n, (batch,), dtype=index_dtype)
-    crop, flip, cutout = random_augment_params(batch, pad=pad, cutout_size=cutout_size,
-                                               height=h, width=w)
+    crop, flip, cutout = random_augment_params(
+        batch, pad=pad, cutout_size=cutout_size, height=h, width=w
+    )
     return data, indices, crop.to(index_dtype), flip, cutout.to(index_dtype)
 
 
@@ -62,10 +72,10 @@ SMALL_CASES = [
     (13, 3, 6, 6, 1, 0, 0),
     (13, 3, 6, 6, 5, 1, 3),
     (13, 3, 6, 6, 13, 2, 5),
-    (13, 3, 6, 6, 7, 4, 3),      # pad 4 < 6: reflection reaches the far edge
+    (13, 3, 6, 6, 7, 4, 3),  # pad 4 < 6: reflection reaches the far edge
     (13, 3, 6, 6, 9, 2, 0),
-    (5, 1, 7, 5, 4, 2, 5),       # one channel, H != W, cutout as wide as the image
-    (3, 3, 40, 40, 1, 4, 8),     # two row tiles per image, the last one partly masked
+    (5, 1, 7, 5, 4, 2, 5),  # one channel, H != W, cutout as wide as the image
+    (3, 3, 40, 40, 1, 4, 8),  # two row tiles per image, the last one partly masked
 ]
 
 
@@ -74,10 +84,21 @@ SMALL_CASES = [
 def test_triton_equals_reference(case, out_dtype):
     n, c, h, w, batch, pad, cut = case
     mean, std = _random_stats(c)
-    data, indices, crop, flip, cutout = _case(n, c, h, w, batch, pad, cut,
-                                              index_dtype=torch.int32 if c == 1 else torch.int64)
-    out, ref = _both(data, indices, crop, flip, cutout, cutout_size=cut, pad=pad, mean=mean,
-                     std=std, out_dtype=out_dtype)
+    data, indices, crop, flip, cutout = _case(
+        n, c, h, w, batch, pad, cut, index_dtype=torch.int32 if c == 1 else torch.int64
+    )
+    out, ref = _both(
+        data,
+        indices,
+        crop,
+        flip,
+        cutout,
+        cutout_size=cut,
+        pad=pad,
+        mean=mean,
+        std=std,
+        out_dtype=out_dtype,
+    )
     assert out.dtype == out_dtype and out.shape == (batch, c, h, w)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert out.stride() == ref.stride() == (h * w * c, 1, w * c, c)
@@ -88,8 +109,18 @@ def test_triton_equals_reference(case, out_dtype):
 def test_triton_equals_reference_cifar_size(out_dtype):
     """Two real-size images at the trainer's settings (pad 4, cutout 8) and CIFAR stats."""
     data, indices, crop, flip, cutout = _case(4, 3, 32, 32, 2, 4, 8)
-    out, ref = _both(data, indices, crop, flip, cutout, cutout_size=8, pad=4, mean=CIFAR_MEAN,
-                     std=CIFAR_STD, out_dtype=out_dtype)
+    out, ref = _both(
+        data,
+        indices,
+        crop,
+        flip,
+        cutout,
+        cutout_size=8,
+        pad=4,
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+        out_dtype=out_dtype,
+    )
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(out, ref)
 
@@ -105,17 +136,37 @@ def test_triton_extreme_parameters():
     data = torch.randint(0, 256, (2, 3, h, h), dtype=torch.uint8)
     indices = torch.tensor([0, 1, 1, 0, 0, 0, 1, 1])
     mean, std = _random_stats(3)
-    out, ref = _both(data, indices, crop, flip, cutout, cutout_size=cut, pad=pad, mean=mean,
-                     std=std, out_dtype=torch.float32)
+    out, ref = _both(
+        data,
+        indices,
+        crop,
+        flip,
+        cutout,
+        cutout_size=cut,
+        pad=pad,
+        mean=mean,
+        std=std,
+        out_dtype=torch.float32,
+    )
     assert torch.equal(out, ref)
 
 
 def test_triton_empty_batch():
     data = torch.randint(0, 256, (3, 3, 6, 6), dtype=torch.uint8)
     empty = torch.zeros(0, 2, dtype=torch.int64)
-    out = augment(data, torch.zeros(0, dtype=torch.int64), empty, torch.zeros(0, dtype=torch.bool),
-                  empty, cutout_size=2, pad=1, mean=(0, 0, 0), std=(1, 1, 1),
-                  out_dtype=torch.float16, backend="triton")
+    out = augment(
+        data,
+        torch.zeros(0, dtype=torch.int64),
+        empty,
+        torch.zeros(0, dtype=torch.bool),
+        empty,
+        cutout_size=2,
+        pad=1,
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+        out_dtype=torch.float16,
+        backend="triton",
+    )
     assert out.shape == (0, 3, 6, 6) and out.dtype == torch.float16
 
 
@@ -130,19 +181,21 @@ def _independent(data, indices, crop, flip, cutout, *, cutout_size, pad, mean, s
         if pad:
             img = F.pad(img, (pad, pad, pad, pad), mode="reflect")
         y0, x0 = int(crop[b, 0]), int(crop[b, 1])
-        img = img[0, :, y0:y0 + h, x0:x0 + w]
+        img = img[0, :, y0 : y0 + h, x0 : x0 + w]
         if flip[b]:
             img = torch.flip(img, dims=[-1])
         img = (img - mean_t) / std_t
         if cutout_size:
             cy, cx = int(cutout[b, 0]), int(cutout[b, 1])
-            img[:, cy:cy + cutout_size, cx:cx + cutout_size] = 0.0
+            img[:, cy : cy + cutout_size, cx : cx + cutout_size] = 0.0
         outs.append(img)
     return torch.stack(outs)
 
 
-@pytest.mark.parametrize("shape,pad,cut", [((9, 3, 6, 6), 2, 3), ((9, 3, 7, 5), 4, 5),
-                                           ((9, 1, 6, 6), 0, 2), ((3, 3, 32, 32), 4, 8)])
+@pytest.mark.parametrize(
+    "shape,pad,cut",
+    [((9, 3, 6, 6), 2, 3), ((9, 3, 7, 5), 4, 5), ((9, 1, 6, 6), 0, 2), ((3, 3, 32, 32), 4, 8)],
+)
 def test_reference_and_triton_equal_independent_torch_ops(shape, pad, cut):
     n, c, h, w = shape
     batch = 6 if h < 32 else 2
@@ -151,8 +204,9 @@ def test_reference_and_triton_equal_independent_torch_ops(shape, pad, cut):
     kw = dict(cutout_size=cut, pad=pad, mean=mean, std=std)
     expected = _independent(data, indices, crop, flip, cutout, **kw)
     ref = augment_reference(data, indices, crop, flip, cutout, out_dtype=torch.float32, **kw)
-    out = augment(data, indices, crop, flip, cutout, out_dtype=torch.float32, backend="triton",
-                  **kw)
+    out = augment(
+        data, indices, crop, flip, cutout, out_dtype=torch.float32, backend="triton", **kw
+    )
     assert torch.equal(ref, expected)
     assert torch.equal(out, expected)
 
@@ -171,15 +225,44 @@ def test_custom_op_opcheck():
     dispatch with dynamic shapes. The autograd-registration check passes trivially: the op
     has no floating-point input, so nothing can require grad and no formula is needed."""
     data, indices, crop, flip, cutout = _case(4, 3, 6, 6, 3, 2, 3)
-    args = (data, indices, crop, flip, cutout, 3, 2, list(CIFAR_MEAN), list(CIFAR_STD),
-            torch.bfloat16)
-    torch.library.opcheck(torch.ops.cifar_kernels.augment.default, args,
-                          test_utils=("test_schema", "test_autograd_registration",
-                                      "test_faketensor", "test_aot_dispatch_dynamic"))
+    args = (
+        data,
+        indices,
+        crop,
+        flip,
+        cutout,
+        3,
+        2,
+        list(CIFAR_MEAN),
+        list(CIFAR_STD),
+        torch.bfloat16,
+    )
+    torch.library.opcheck(
+        torch.ops.cifar_kernels.augment.default,
+        args,
+        test_utils=(
+            "test_schema",
+            "test_autograd_registration",
+            "test_faketensor",
+            "test_aot_dispatch_dynamic",
+        ),
+    )
     out = torch.ops.cifar_kernels.augment(*args)
-    assert torch.equal(out, augment_reference(
-        data, indices, crop, flip, cutout, cutout_size=3, pad=2, mean=CIFAR_MEAN,
-        std=CIFAR_STD, out_dtype=torch.bfloat16))
+    assert torch.equal(
+        out,
+        augment_reference(
+            data,
+            indices,
+            crop,
+            flip,
+            cutout,
+            cutout_size=3,
+            pad=2,
+            mean=CIFAR_MEAN,
+            std=CIFAR_STD,
+            out_dtype=torch.bfloat16,
+        ),
+    )
 
 
 @triton.jit
@@ -193,11 +276,11 @@ def test_interpreter_bf16_rounding_is_round_to_nearest_even():
     cast truncates) equals torch's cast, exact ties and mantissa carries included."""
     n = 4096
     bits = torch.randint(0, 2**31, (n,), dtype=torch.int64)
-    bits[::4] = (bits[::4] & ~0xFFFF) | 0x8000                   # exact ties, both parities
-    bits[1::8] = (bits[1::8] & ~0x7FFFFF) | 0x7FFFFF              # mantissa all ones: carry
-    bits[2::8] = (bits[2::8] & ~0xFFFF) | 0x7FFF                  # just below a tie
+    bits[::4] = (bits[::4] & ~0xFFFF) | 0x8000  # exact ties, both parities
+    bits[1::8] = (bits[1::8] & ~0x7FFFFF) | 0x7FFFFF  # mantissa all ones: carry
+    bits[2::8] = (bits[2::8] & ~0xFFFF) | 0x7FFF  # just below a tie
     x = bits.to(torch.int32).view(torch.float32)
-    x = torch.where(x.isfinite(), x, torch.ones_like(x))          # finite inputs only
+    x = torch.where(x.isfinite(), x, torch.ones_like(x))  # finite inputs only
     x[3::8] = -x[3::8]
     y = torch.empty(n, dtype=torch.bfloat16)
     _bf16_round_kernel[(1,)](x, y, BLOCK=n)
@@ -213,27 +296,34 @@ def _good():
     return [data, indices, crop, flip, cutout], kw
 
 
-@pytest.mark.parametrize("change,exc,match", [
-    (lambda a, k: a.__setitem__(0, a[0].float()), TypeError, "data must have dtype uint8"),
-    (lambda a, k: a.__setitem__(0, a[0][0]), ValueError, "data must be 4-D"),
-    (lambda a, k: a.__setitem__(1, a[1].float()), TypeError, "indices must have dtype"),
-    (lambda a, k: a.__setitem__(2, a[2][:, :1]), ValueError, r"crop must have shape 3×2"),
-    (lambda a, k: a.__setitem__(3, a[3][:2]), ValueError, r"flip must have shape 3"),
-    (lambda a, k: a.__setitem__(3, a[3].int()), TypeError, "flip must have dtype bool"),
-    (lambda a, k: a.__setitem__(4, a[4].T), ValueError, r"cutout must have shape 3×2"),
-    (lambda a, k: a.__setitem__(0, a[0].transpose(2, 3)), ValueError, "data must be contiguous"),
-    (lambda a, k: a[1].__setitem__(0, 4), ValueError, r"indices must lie in \[0, 3\]"),
-    (lambda a, k: a[2].__setitem__((0, 1), 5), ValueError, "crop offsets must lie in"),
-    (lambda a, k: a[2].__setitem__((0, 0), -1), ValueError, "crop offsets must lie in"),
-    (lambda a, k: a[4].__setitem__((1, 1), 4), ValueError, "cutout corners must keep"),
-    (lambda a, k: k.update(pad=6), ValueError, r"pad must be in \[0, 5\]"),
-    (lambda a, k: k.update(cutout_size=7), ValueError, r"cutout_size must be in \[0, 6\]"),
-    (lambda a, k: k.update(mean=(1.0, 2.0)), ValueError, "one value per channel"),
-    (lambda a, k: k.update(std=(1.0, -2.0, 1.0)), ValueError, "std values must be positive"),
-    (lambda a, k: k.update(std=(1.0, 0.0, 1.0)), ValueError, "std values must be positive"),
-    (lambda a, k: k.update(out_dtype=torch.float64), TypeError, "out_dtype must be float32"),
-    (lambda a, k: k.update(out_dtype=torch.uint8), TypeError, "out_dtype must be float32"),
-])
+@pytest.mark.parametrize(
+    "change,exc,match",
+    [
+        (lambda a, k: a.__setitem__(0, a[0].float()), TypeError, "data must have dtype uint8"),
+        (lambda a, k: a.__setitem__(0, a[0][0]), ValueError, "data must be 4-D"),
+        (lambda a, k: a.__setitem__(1, a[1].float()), TypeError, "indices must have dtype"),
+        (lambda a, k: a.__setitem__(2, a[2][:, :1]), ValueError, r"crop must have shape 3×2"),
+        (lambda a, k: a.__setitem__(3, a[3][:2]), ValueError, r"flip must have shape 3"),
+        (lambda a, k: a.__setitem__(3, a[3].int()), TypeError, "flip must have dtype bool"),
+        (lambda a, k: a.__setitem__(4, a[4].T), ValueError, r"cutout must have shape 3×2"),
+        (
+            lambda a, k: a.__setitem__(0, a[0].transpose(2, 3)),
+            ValueError,
+            "data must be contiguous",
+        ),
+        (lambda a, k: a[1].__setitem__(0, 4), ValueError, r"indices must lie in \[0, 3\]"),
+        (lambda a, k: a[2].__setitem__((0, 1), 5), ValueError, "crop offsets must lie in"),
+        (lambda a, k: a[2].__setitem__((0, 0), -1), ValueError, "crop offsets must lie in"),
+        (lambda a, k: a[4].__setitem__((1, 1), 4), ValueError, "cutout corners must keep"),
+        (lambda a, k: k.update(pad=6), ValueError, r"pad must be in \[0, 5\]"),
+        (lambda a, k: k.update(cutout_size=7), ValueError, r"cutout_size must be in \[0, 6\]"),
+        (lambda a, k: k.update(mean=(1.0, 2.0)), ValueError, "one value per channel"),
+        (lambda a, k: k.update(std=(1.0, -2.0, 1.0)), ValueError, "std values must be positive"),
+        (lambda a, k: k.update(std=(1.0, 0.0, 1.0)), ValueError, "std values must be positive"),
+        (lambda a, k: k.update(out_dtype=torch.float64), TypeError, "out_dtype must be float32"),
+        (lambda a, k: k.update(out_dtype=torch.uint8), TypeError, "out_dtype must be float32"),
+    ],
+)
 def test_clear_errors(change, exc, match):
     args, kw = _good()
     change(args, kw)
@@ -280,8 +370,7 @@ def test_device_mismatch_is_reported():
 
 def test_random_params_cover_ranges_and_stay_in_bounds():
     batch, pad, cut, h, w = 20_000, 4, 8, 32, 24
-    crop, flip, cutout = random_augment_params(batch, pad=pad, cutout_size=cut, height=h,
-                                               width=w)
+    crop, flip, cutout = random_augment_params(batch, pad=pad, cutout_size=cut, height=h, width=w)
     assert crop.shape == (batch, 2) and cutout.shape == (batch, 2) and flip.shape == (batch,)
     assert flip.dtype == torch.bool
     for axis in range(2):  # every offset in [0, 2·pad] occurs, nothing outside
@@ -325,7 +414,6 @@ def test_augment_bytes_counts():
 
 def test_aot_specs_compile_for_sm90():
     """Each spec builds for sm_90 with no spills and 16-byte (STG.E.128) stores only."""
-    aot = pytest.importorskip("bench.aot")
     specs = aot_specs()
     labels = [s.label for s in specs]
     assert len(set(labels)) == len(labels)

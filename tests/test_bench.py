@@ -4,6 +4,7 @@ reference, and ``python -m bench --quick`` run end to end (the CI run; ~3 min on
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -30,19 +31,19 @@ GPU = torch.cuda.is_available()
 
 
 def test_bytes_of_an_add_match_the_hand_count():
-    n = 1009                                   # prime: no accidental factor of two
+    n = 1009  # prime: no accidental factor of two
     a, b = torch.randn(n), torch.randn(n)
     counter = count_bytes(lambda: a + b)
-    assert counter.total_bytes == 3 * 4 * n    # read a, read b, write the sum
+    assert counter.total_bytes == 3 * 4 * n  # read a, read b, write the sum
     assert [r.name for r in counter.records] == ["add"]
 
 
 def test_bytes_rules_in_place_views_broadcast_and_copy():
     n = 1000
     a, b = torch.randn(n), torch.randn(n)
-    assert count_bytes(lambda: a.add_(b)).total_bytes == 3 * 4 * n    # read a, b; write a
-    assert count_bytes(lambda: a.copy_(b)).total_bytes == 2 * 4 * n   # copy_ does not read a
-    assert count_bytes(lambda: a.view(10, 100)).total_bytes == 0       # a view moves nothing
+    assert count_bytes(lambda: a.add_(b)).total_bytes == 3 * 4 * n  # read a, b; write a
+    assert count_bytes(lambda: a.copy_(b)).total_bytes == 2 * 4 * n  # copy_ does not read a
+    assert count_bytes(lambda: a.view(10, 100)).total_bytes == 0  # a view moves nothing
     x, bias = torch.randn(8, 16, 5, 5), torch.randn(16)
     # The broadcast bias is read once (16 floats), not once per pixel.
     assert count_bytes(lambda: x + bias[:, None, None]).total_bytes == 2 * x.numel() * 4 + 64
@@ -57,7 +58,7 @@ def test_op_bytes_ignores_metadata_queries():
 
 
 def test_conv_flops_match_the_hand_count():
-    batch, c_in, c_out, side = 512, 64, 128, 32        # layer1's conv at the recipe's batch
+    batch, c_in, c_out, side = 512, 64, 128, 32  # layer1's conv at the recipe's batch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():
@@ -100,8 +101,10 @@ def test_step_count_phases_and_flops():
 def test_step_bytes_scale_linearly_with_batch():
     from bench.workloads import count_train_step
 
-    a, b, c = (count_train_step(StepShape(0.25, n), torch.float32, False).eager_bytes()
-               for n in (32, 64, 128))
+    a, b, c = (
+        count_train_step(StepShape(0.25, n), torch.float32, False).eager_bytes()
+        for n in (32, 64, 128)
+    )
     assert (c - b) == pytest.approx(2 * (b - a), rel=1e-3)
 
 
@@ -114,8 +117,11 @@ def test_step_bytes_scale_linearly_with_batch():
 def test_bn_site_table_matches_the_model(width):
     model = ResNet9(ResNet9Config(width=width, ghost_splits=1, whitening=False))
     seen = model_bn_inputs(model, batch=2)
-    expanded = [(tuple((2, *site.shape[1:])), site.pool)
-                for site in bn_sites(2, width) for _ in range(site.times)]
+    expanded = [
+        (tuple((2, *site.shape[1:])), site.pool)
+        for site in bn_sites(2, width)
+        for _ in range(site.times)
+    ]
     assert seen == expanded
 
 
@@ -129,14 +135,16 @@ def test_quick_sites_cover_pool_and_no_pool():
 def test_loop_and_grouped_baselines_equal_the_reference(cutout_size):
     data = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8)
     idx = torch.randperm(300)[:67]
-    kw = dict(cutout_size=cutout_size, pad=4, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-              out_dtype=torch.float32)
+    kw = dict(
+        cutout_size=cutout_size, pad=4, mean=CIFAR10_MEAN, std=CIFAR10_STD, out_dtype=torch.float32
+    )
     crop, flip, cutout = random_augment_params(67, pad=4, cutout_size=cutout_size)
     ref = augment_reference(data, idx, crop, flip, cutout, **kw)
     assert torch.equal(baselines.per_image_loop_augment(data, idx, crop, flip, cutout, **kw), ref)
 
-    prepared = baselines.prepare_seed_dataset(data, pad=4, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-                                              out_dtype=torch.float32)
+    prepared = baselines.prepare_seed_dataset(
+        data, pad=4, mean=CIFAR10_MEAN, std=CIFAR10_STD, out_dtype=torch.float32
+    )
     choices = baselines.draw_group_choices(20, pad=4, cutout_size=cutout_size)
     got = baselines.grouped_choice_augment(prepared, idx, choices, cutout_size=cutout_size)
     c2, f2, k2 = baselines.expand_group_choices(67, choices)
@@ -157,13 +165,19 @@ def test_group_bounds_are_even_and_capped():
 
 def test_quantiles_and_alternating_compare():
     assert quantile([1.0, 2.0, 3.0, 4.0, 5.0], 0.2) == pytest.approx(1.8)
+    assert (quantile([5.0, 1.0], 0.0), quantile([5.0, 1.0], 1.0)) == (1.0, 5.0)
+    assert math.isnan(quantile([], 0.5))  # no samples: no number, no raise
     calls = []
-    out = compare({"a": lambda: calls.append("a"),
-                   "b": Timed(fn=lambda x: calls.append(x), setup=lambda: "b")},
-                  torch.device("cpu"), TimingPlan(budget_s=0.01, min_rounds=3, max_rounds=3,
-                                                  warmup_s=0.0))
+    out = compare(
+        {
+            "a": lambda: calls.append("a"),
+            "b": Timed(fn=lambda x: calls.append(x), setup=lambda: "b"),
+        },
+        torch.device("cpu"),
+        TimingPlan(budget_s=0.01, min_rounds=3, max_rounds=3, warmup_s=0.0),
+    )
     assert len(out["a"].seconds) == len(out["b"].seconds) == 3
-    assert calls == ["a", "b", "b", "a", "a", "b"]       # the order rotates every round
+    assert calls == ["a", "b", "b", "a", "a", "b"]  # the order rotates every round
     s = Samples([3.0, 1.0, 2.0])
     assert (s.median, s.p20, s.p80) == (2.0, pytest.approx(1.4), pytest.approx(2.6))
 
@@ -171,18 +185,33 @@ def test_quantiles_and_alternating_compare():
 def test_roofline_is_the_max_of_the_two_bounds_per_op():
     gpu = roofline.GPU("test", bandwidth_gbs=1.0, tensor_tflops=1e-3, source="-")
     p = roofline.predict_step([(2_000_000_000, 0), (0, 3_000_000_000)], gpu)
-    assert p["step_s"] == pytest.approx(5.0)      # 2 s of bytes + 3 s of FLOPs, no overlap
-    names = {g.name: g for g in roofline.GPUS}
-    assert names["H100 SXM5"].bandwidth_gbs == 3350 and names["H100 SXM5"].tensor_tflops == 989
-    assert names["A100 SXM4 80GB"].bandwidth_gbs == 2039
-    assert names["V100 SXM2"].tensor_tflops == 125
-    assert "MODEL" in roofline.LABEL and "not a measurement" in roofline.LABEL
+    assert p["step_s"] == pytest.approx(5.0)  # 2 s of bytes + 3 s of FLOPs, no overlap
+    # One op with both: the larger of its two times, not their sum.
+    both = roofline.predict_step([(2_000_000_000, 3_000_000_000)], gpu)
+    assert both["step_s"] == pytest.approx(3.0)
+    assert (both["memory_s"], both["math_s"]) == (pytest.approx(2.0), pytest.approx(3.0))
+    rows = roofline.roofline_table(
+        {"eager": [(2_000_000_000, 0)], "triton": [(10**9, 0)]}, steps=970, gpus=(gpu,)
+    )
+    assert [(r["backend"], r["step_ms"], r["ten_epochs_s"]) for r in rows] == [
+        ("eager", pytest.approx(2000.0), pytest.approx(1940.0)),
+        ("triton", pytest.approx(1000.0), pytest.approx(970.0)),
+    ]
 
 
 def test_format_table_columns():
-    row = {"op": "augment b512", "backend": "eager", "shape": "s", "dtype": "float32",
-           "median_s": 0.002, "p20_s": 0.001, "p80_s": 0.003, "gbps": 1.5,
-           "speedup_vs_eager": 1.0, "speedup_vs_compile": 0.5}
+    row = {
+        "op": "augment b512",
+        "backend": "eager",
+        "shape": "s",
+        "dtype": "float32",
+        "median_s": 0.002,
+        "p20_s": 0.001,
+        "p80_s": 0.003,
+        "gbps": 1.5,
+        "speedup_vs_eager": 1.0,
+        "speedup_vs_compile": 0.5,
+    }
     text = report.format_table([row])
     assert "time median [p20, p80]" in text and "2 ms [1 ms, 3 ms]" in text and "0.50×" in text
 
@@ -196,9 +225,15 @@ def test_format_table_columns():
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     env = dict(os.environ)
-    env.pop("TRITON_INTERPRET", None)     # as a user runs it
-    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    env.pop("TRITON_INTERPRET", None)  # as a user runs it
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )  # a guard against a hang, not a time limit
     return proc, out
 
 
@@ -223,7 +258,9 @@ def test_quick_bench_exits_cleanly_and_prints_the_table(quick_run):
     table_lines = proc.stdout.splitlines()
     for op, backend in _expected_rows():
         assert any(line.startswith(op + " ") and f" {backend} " in line for line in table_lines), (
-            op, backend)
+            op,
+            backend,
+        )
     assert "MODEL" in proc.stdout and "not a measurement" in proc.stdout
 
 
@@ -235,12 +272,22 @@ def test_quick_bench_json_files(quick_run):
     assert bench_json["benchmarks"], "pytest-benchmark wrote no benchmarks"
     for b in bench_json["benchmarks"]:
         info = b["extra_info"]
-        for key in ("device", "dtype", "shape", "bytes", "gbps", "speedup_vs_eager",
-                    "speedup_vs_compile", "flops", "p20_s", "p80_s", "threads"):
+        for key in (
+            "device",
+            "dtype",
+            "shape",
+            "bytes",
+            "gbps",
+            "speedup_vs_eager",
+            "speedup_vs_compile",
+            "flops",
+            "p20_s",
+            "p80_s",
+            "threads",
+        ):
             assert key in info, (b["fullname"], key)
         assert b["stats"]["rounds"] >= 2
-        if info["backend"] != "eager" and not (info["op"], info["backend"]) == ("epoch",
-                                                                              "grouped"):
+        if info["backend"] != "eager" and not (info["op"], info["backend"]) == ("epoch", "grouped"):
             assert info["agreement_error"] is not None, b["fullname"]
             assert info["agreement_error"] <= info["agreement_tolerance"]
     summary = json.loads((out / "summary.json").read_text())

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import bench.aot as aot
 from bench.shapes import bn_sites
 from kernels import ghost_bn_act, ghost_bn_act_bytes, ghost_bn_act_reference
 from kernels.ghost_bn_act import launch  # ``kernels.ghost_bn_act`` itself is the function
@@ -37,14 +38,19 @@ CL = torch.channels_last
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: dict, what: str) -> None:
     scale = max(1.0, expected.detach().abs().max().item()) if expected.numel() else 1.0
-    torch.testing.assert_close(actual.detach().double(), expected.detach().double(),
-                               rtol=tol["rtol"], atol=tol["atol"] * scale,
-                               msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(
+        actual.detach().double(),
+        expected.detach().double(),
+        rtol=tol["rtol"],
+        atol=tol["atol"] * scale,
+        msg=lambda m: f"{what}: {m}",
+    )
 
 
 # ---- PyTorch's own ops in float64 ---------------------------------------------------------
-def torch_ops(x, bias, weight, running_mean, running_var, *, splits, pool, act, alpha, eps,
-              momentum, training):
+def torch_ops(
+    x, bias, weight, running_mean, running_var, *, splits, pool, act, alpha, eps, momentum, training
+):
     """F.max_pool2d → F.batch_norm per split → F.celu/F.relu; returns (y, new rm, new rv)."""
     if pool:
         x = F.max_pool2d(x, 2)
@@ -52,8 +58,9 @@ def torch_ops(x, bias, weight, running_mean, running_var, *, splits, pool, act, 
         outs, means, variances = [], [], []
         for part in x.split(x.shape[0] // splits):
             rm, rv = running_mean.clone(), running_var.clone()
-            outs.append(F.batch_norm(part, rm, rv, weight, bias, training=True,
-                                     momentum=momentum, eps=eps))
+            outs.append(
+                F.batch_norm(part, rm, rv, weight, bias, training=True, momentum=momentum, eps=eps)
+            )
             means.append(rm)
             variances.append(rv)
         y = torch.cat(outs)
@@ -81,9 +88,11 @@ class Case:
 
     def __str__(self) -> str:
         b, c, h, w = self.shape
-        return (f"{str(self.dtype)[6:]}-{b}x{c}x{h}x{w}-s{self.splits}"
-                f"{'-pool' if self.pool else ''}-{self.act}-{'w' if self.weight else 'frozen'}"
-                f"-{'cl' if self.channels_last else 'nchw'}")
+        return (
+            f"{str(self.dtype)[6:]}-{b}x{c}x{h}x{w}-s{self.splits}"
+            f"{'-pool' if self.pool else ''}-{self.act}-{'w' if self.weight else 'frozen'}"
+            f"-{'cl' if self.channels_last else 'nchw'}"
+        )
 
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
@@ -94,7 +103,7 @@ CASES = [
     Case(F32, (6, 7, 6, 6), 3, True, "relu", False, False),
     Case(F32, (4, 7, 6, 6), 4, False, None, True, False),
     Case(F32, (4, 64, 6, 6), 1, True, "celu", False, True),
-    Case(F32, (2, 7, 32, 32), 1, False, "relu", True, False),   # 32×32, tiny B; 2 channel blocks
+    Case(F32, (2, 7, 32, 32), 1, False, "relu", True, False),  # 32×32, tiny B; 2 channel blocks
     Case(F32, (2, 5, 32, 32), 2, True, "celu", False, True),
     Case(F16, (4, 3, 6, 6), 2, True, "celu", False, True),
     Case(F16, (6, 7, 6, 6), 2, False, "relu", True, True),
@@ -102,7 +111,7 @@ CASES = [
     Case(F16, (8, 64, 6, 6), 4, True, "celu", True, True),
     Case(F16, (4, 64, 6, 6), 2, False, "celu", False, False),
     Case(F16, (2, 3, 32, 32), 1, True, "relu", False, False),
-    Case(F16, (2, 264, 4, 4), 2, False, "celu", True, True),   # C > 256: 2 channel blocks
+    Case(F16, (2, 264, 4, 4), 2, False, "celu", True, True),  # C > 256: 2 channel blocks
     Case(BF16, (4, 3, 6, 6), 2, False, "celu", True, True),
     Case(BF16, (6, 7, 6, 6), 3, True, "relu", True, True),
     Case(BF16, (4, 64, 6, 6), 4, True, "celu", False, False),
@@ -123,12 +132,26 @@ def make_inputs(case: Case, *, mean: float = 0.5, std: float = 2.0):
     return x, bias, weight, running_mean, running_var
 
 
-def run_all(case: Case, training: bool = True, alpha: float = 0.3, *, inputs=None,
-            eps: float = 1e-5, momentum: float = 0.1):
+def run_all(
+    case: Case,
+    training: bool = True,
+    alpha: float = 0.3,
+    *,
+    inputs=None,
+    eps: float = 1e-5,
+    momentum: float = 0.1,
+):
     """Triton, reference and float64 torch ops: outputs, grads and running stats of each."""
     x, bias, weight, rm, rv = inputs if inputs is not None else make_inputs(case)
-    kw = dict(splits=case.splits if training else 1, pool=case.pool, act=case.act,
-              alpha=alpha, eps=eps, momentum=momentum, training=training)
+    kw = dict(
+        splits=case.splits if training else 1,
+        pool=case.pool,
+        act=case.act,
+        alpha=alpha,
+        eps=eps,
+        momentum=momentum,
+        training=training,
+    )
     results = {}
     for name in ("triton", "reference", "float64"):
         if name == "float64":
@@ -206,10 +229,12 @@ def test_eval_without_grad_pools_on_the_fly(channels_last):
     case = Case(F16, (3, 6, 6, 6), 1, True, "celu", True, channels_last)
     x, bias, weight, rm, rv = make_inputs(case)
     with torch.no_grad():
-        y = ghost_bn_act(x, bias, rm, rv, weight=weight, splits=1, pool=True, training=False,
-                         backend="triton")
-        ref = ghost_bn_act_reference(x, bias, rm.clone(), rv.clone(), weight=weight, splits=1,
-                                     pool=True, training=False)
+        y = ghost_bn_act(
+            x, bias, rm, rv, weight=weight, splits=1, pool=True, training=False, backend="triton"
+        )
+        ref = ghost_bn_act_reference(
+            x, bias, rm.clone(), rv.clone(), weight=weight, splits=1, pool=True, training=False
+        )
     assert_close(y, ref, TOL[F16], "y")
     assert y.stride() == ref.stride()
 
@@ -233,10 +258,12 @@ def test_two_steps_and_momentum():
     rm_ref, rv_ref = rm.clone(), rv.clone()
     for _ in range(2):
         x = torch.randn_like(x)
-        ghost_bn_act(x, bias, rm, rv, weight=weight, splits=2, momentum=0.5, eps=1e-3,
-                     backend="triton")
-        ghost_bn_act_reference(x, bias, rm_ref, rv_ref, weight=weight, splits=2, momentum=0.5,
-                               eps=1e-3)
+        ghost_bn_act(
+            x, bias, rm, rv, weight=weight, splits=2, momentum=0.5, eps=1e-3, backend="triton"
+        )
+        ghost_bn_act_reference(
+            x, bias, rm_ref, rv_ref, weight=weight, splits=2, momentum=0.5, eps=1e-3
+        )
     assert_close(rm, rm_ref, STATS_TOL, "running_mean")
     assert_close(rv, rv_ref, STATS_TOL, "running_var")
 
@@ -276,10 +303,12 @@ def test_irregular_strides_are_copied_to_contiguous():
     case = Case(F32, (4, 5, 6, 6), 2, True, "celu", True, False)
     x, bias, weight, rm, rv = make_inputs(case)
     x_t = x.transpose(2, 3)  # neither contiguous nor channels_last
-    y = ghost_bn_act(x_t, bias, rm.clone(), rv.clone(), weight=weight, splits=2, pool=True,
-                     backend="triton")
-    ref = ghost_bn_act_reference(x_t, bias, rm.clone(), rv.clone(), weight=weight, splits=2,
-                                 pool=True)
+    y = ghost_bn_act(
+        x_t, bias, rm.clone(), rv.clone(), weight=weight, splits=2, pool=True, backend="triton"
+    )
+    ref = ghost_bn_act_reference(
+        x_t, bias, rm.clone(), rv.clone(), weight=weight, splits=2, pool=True
+    )
     assert_close(y, ref, TOL[F32], "y")
     assert y.is_contiguous()
 
@@ -294,8 +323,9 @@ def test_chunked_reduction_is_deterministic():
     outs = []
     for _ in range(2):
         xs = x.clone().requires_grad_()
-        y = ghost_bn_act(xs, bias, rm.clone(), rv.clone(), weight=weight, splits=1,
-                         backend="triton")
+        y = ghost_bn_act(
+            xs, bias, rm.clone(), rv.clone(), weight=weight, splits=1, backend="triton"
+        )
         y.backward(torch.ones_like(y))
         outs.append((y, xs.grad))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
@@ -306,16 +336,16 @@ def _op_inputs(pool: bool, training: bool, dtype=F16, channels_last=True, weight
     case = Case(dtype, (4, 6, 4, 4), 2, pool, "celu", weight, channels_last)
     x, bias, w, rm, rv = make_inputs(case)
     splits = 2 if training else 1
-    mean, rstd, pooled, argmax = ghost_bn_stats_op(x, rm.clone(), rv.clone(), splits, pool,
-                                                   pool, 1e-5, 0.1, training)
+    mean, rstd, pooled, argmax = ghost_bn_stats_op(
+        x, rm.clone(), rv.clone(), splits, pool, pool, 1e-5, 0.1, training
+    )
     return x, bias, w, rm, rv, splits, mean, rstd, pooled, argmax
 
 
 @pytest.mark.parametrize("pool,training", [(True, True), (False, False)])
 def test_opcheck_stats(pool, training):
     x, _, _, rm, rv, splits, *_ = _op_inputs(pool, training)
-    torch.library.opcheck(ghost_bn_stats_op,
-                          (x, rm, rv, splits, pool, True, 1e-5, 0.1, training))
+    torch.library.opcheck(ghost_bn_stats_op, (x, rm, rv, splits, pool, True, 1e-5, 0.1, training))
 
 
 @pytest.mark.parametrize("pool,training,weight", [(True, True, False), (False, False, True)])
@@ -325,8 +355,9 @@ def test_opcheck_fwd(pool, training, weight):
     bias.requires_grad_()
     if w is not None:
         w.requires_grad_()
-    torch.library.opcheck(ghost_bn_act_fwd_op,
-                          (x, pooled, argmax, mean, rstd, bias, w, pool, "celu", 0.3, training))
+    torch.library.opcheck(
+        ghost_bn_act_fwd_op, (x, pooled, argmax, mean, rstd, bias, w, pool, "celu", 0.3, training)
+    )
 
 
 @pytest.mark.parametrize("pool", [True, False])
@@ -334,8 +365,9 @@ def test_opcheck_bwd(pool):
     x, bias, w, _, _, _, mean, rstd, pooled, argmax = _op_inputs(pool, True, channels_last=False)
     src = pooled if pool else x
     dy = torch.randn(src.shape).to(src.dtype)
-    torch.library.opcheck(ghost_bn_act_bwd_op,
-                          (dy, src, argmax, mean, rstd, bias, w, pool, False, "relu", 0.3, True))
+    torch.library.opcheck(
+        ghost_bn_act_bwd_op, (dy, src, argmax, mean, rstd, bias, w, pool, False, "relu", 0.3, True)
+    )
 
 
 def test_torch_compile_graph_holds_the_ops():
@@ -345,8 +377,7 @@ def test_torch_compile_graph_holds_the_ops():
     x, bias, weight, rm, rv = make_inputs(case)
 
     def step(x, bias, weight, rm, rv):
-        y = ghost_bn_act(x, bias, rm, rv, weight=weight, splits=2, pool=True,
-                         backend="triton")
+        y = ghost_bn_act(x, bias, rm, rv, weight=weight, splits=2, pool=True, backend="triton")
         return (y.float() ** 2).sum()
 
     results = []
@@ -410,8 +441,9 @@ def test_error_triton_on_cpu_without_interpreter(monkeypatch):
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         _call()
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        ghost_bn_stats_op(torch.randn(2, 4, 2, 2), torch.zeros(4), torch.ones(4), 1, False,
-                          False, 1e-5, 0.1, True)
+        ghost_bn_stats_op(
+            torch.randn(2, 4, 2, 2), torch.zeros(4), torch.ones(4), 1, False, False, 1e-5, 0.1, True
+        )
 
 
 # ---- bytes model ----------------------------------------------------------------------------
@@ -435,7 +467,6 @@ def test_bytes_model_at_trainer_shapes(site):
 # leaves triton.language patched once a kernel has run), one child per batch of specs.
 # Every spec at the trainer's sites is compiled once, in tests/test_aot.py.
 def _compile(labels: list[str], archs: list[int]) -> list:
-    aot = pytest.importorskip("bench.aot")
     specs = [s for s in aot.ghost_bn_act_specs() if s.label in labels]
     assert len(specs) == len(labels)
     return aot.compile_specs(specs, archs)
@@ -444,7 +475,6 @@ def _compile(labels: list[str], archs: list[int]) -> list:
 def _representative_labels() -> list[str]:
     """One fp16 spec per kernel × pool/no pool × train/eval, plus the bf16 pooling kernels
     (the max compares and the dtype conversions differ): ~12 specs, ~25 s for both archs."""
-    aot = pytest.importorskip("bench.aot")
     seen, out = set(), []
     for spec in aot.ghost_bn_act_specs():
         dtype = spec.signature.get("x_ptr", spec.signature.get("src_ptr"))

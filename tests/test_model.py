@@ -44,7 +44,7 @@ def numpy_patches(images: np.ndarray, k: int = 3) -> np.ndarray:
     """Every k×k patch of (N, C, H, W) as rows of (n, C·k·k), ordered (C, kh, kw) like a conv
     weight; built with numpy's sliding windows, independently of F.unfold."""
     win = np.lib.stride_tricks.sliding_window_view(images, (k, k), axis=(2, 3))  # N,C,H',W',k,k
-    win = win.transpose(0, 2, 3, 1, 4, 5)                                        # N,H',W',C,k,k
+    win = win.transpose(0, 2, 3, 1, 4, 5)  # N,H',W',C,k,k
     return win.reshape(-1, images.shape[1] * k * k)
 
 
@@ -71,8 +71,14 @@ def randomise_bn(model: nn.Module) -> None:
     list(itertools.product(("relu", "celu"), (False, True), (False, True), (False, True), (1, 2))),
 )
 def test_output_shapes_every_option(activation, pool_before_bn, whitening, frozen, splits):
-    model = ResNet9(width=0.125, activation=activation, pool_before_bn=pool_before_bn,
-                    whitening=whitening, frozen_bn_scale=frozen, ghost_splits=splits)
+    model = ResNet9(
+        width=0.125,
+        activation=activation,
+        pool_before_bn=pool_before_bn,
+        whitening=whitening,
+        frozen_bn_scale=frozen,
+        ghost_splits=splits,
+    )
     set_random_whitening(model)
     x = torch.randn(4, 3, 32, 32)
     out = model(x)
@@ -81,7 +87,7 @@ def test_output_shapes_every_option(activation, pool_before_bn, whitening, froze
     out.sum().backward()
     model.eval()
     with torch.no_grad():
-        assert model(x[:3]).shape == (3, 10)   # eval ignores splits: any batch size
+        assert model(x[:3]).shape == (3, 10)  # eval ignores splits: any batch size
 
 
 def _expected_trainable(widths, *, whitening: bool, frozen: bool, classes: int = 10) -> int:
@@ -89,12 +95,16 @@ def _expected_trainable(widths, *, whitening: bool, frozen: bool, classes: int =
     c0, c1, c2, c3 = widths
     convs = [
         (27 * c0 * 1 * 1) if whitening else (3 * c0 * 3 * 3),  # prep (whitening conv: fixed)
-        c0 * c1 * 9, c1 * c1 * 9, c1 * c1 * 9,                  # layer1 conv + residual pair
-        c1 * c2 * 9,                                            # layer2
-        c2 * c3 * 9, c3 * c3 * 9, c3 * c3 * 9,                  # layer3 conv + residual pair
+        c0 * c1 * 9,
+        c1 * c1 * 9,
+        c1 * c1 * 9,  # layer1 conv + residual pair
+        c1 * c2 * 9,  # layer2
+        c2 * c3 * 9,
+        c3 * c3 * 9,
+        c3 * c3 * 9,  # layer3 conv + residual pair
     ]
     bn_channels = [c0, c1, c1, c1, c2, c3, c3, c3]
-    per_bn = 1 if frozen else 2                                 # bias (+ scale)
+    per_bn = 1 if frozen else 2  # bias (+ scale)
     return sum(convs) + per_bn * sum(bn_channels) + c3 * classes
 
 
@@ -102,14 +112,24 @@ def _conv_channels(model: ResNet9) -> list[tuple[int, int]]:
     return [(m.in_channels, m.out_channels) for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
-@pytest.mark.parametrize("width,widths", [(1.0, (64, 128, 256, 512)), (0.25, (16, 32, 64, 128)),
-                                          (0.0625, (4, 8, 16, 32))])
+@pytest.mark.parametrize(
+    "width,widths",
+    [(1.0, (64, 128, 256, 512)), (0.25, (16, 32, 64, 128)), (0.0625, (4, 8, 16, 32))],
+)
 def test_channel_widths(width, widths):
     assert channel_widths(width) == widths
     c0, c1, c2, c3 = widths
     model = ResNet9(width=width)
-    assert _conv_channels(model) == [(27, c0), (c0, c1), (c1, c1), (c1, c1), (c1, c2), (c2, c3),
-                                     (c3, c3), (c3, c3)]
+    assert _conv_channels(model) == [
+        (27, c0),
+        (c0, c1),
+        (c1, c1),
+        (c1, c1),
+        (c1, c2),
+        (c2, c3),
+        (c3, c3),
+        (c3, c3),
+    ]
     assert model.whitening.filters.shape == (27, 3, 3, 3)
     assert model.head.linear.in_features == c3 and model.head.linear.bias is None
     assert all(m.bias is None for m in model.modules() if isinstance(m, nn.Conv2d))
@@ -133,14 +153,16 @@ def test_parameter_count_literals():
     assert sum(p.numel() for p in ResNet9(ResNet9Config.baseline()).parameters()) == 6_573_120
 
 
-def test_config_defaults_are_final_recipe_and_baseline():
-    c = ResNet9Config()
-    assert (c.width, c.activation, c.celu_alpha, c.ghost_splits, c.frozen_bn_scale,
-            c.pool_before_bn, c.whitening, c.output_scale, c.bn_eps, c.bn_momentum) == (
-        1.0, "celu", 0.3, 16, True, True, True, 1 / 16, 1e-5, 0.1)
-    b = ResNet9Config.baseline()
-    assert (b.activation, b.ghost_splits, b.frozen_bn_scale, b.pool_before_bn, b.whitening,
-            b.output_scale) == ("relu", 1, False, False, False, 0.125)
+def test_config_defaults_are_the_networks_the_trainer_builds():
+    """ResNet9() is the network the trainer builds for the final recipe (the default
+    TrainConfig) and ResNet9Config.baseline() the one of the seed's baseline preset: the
+    model's defaults and the trainer's cannot drift apart."""
+    from train.config import TrainConfig
+    from train.presets import preset_config
+    from train.trainer import model_config
+
+    assert ResNet9Config() == model_config(TrainConfig(), "eager")
+    assert ResNet9Config.baseline() == model_config(preset_config("baseline"), "eager")
     with pytest.raises(ValueError, match="activation"):
         ResNet9Config(activation="gelu")
     with pytest.raises(ValueError, match="backend"):
@@ -177,23 +199,30 @@ def test_ghost_bn_equals_batchnorm_per_split(learnable, act):
     out.backward(grad)
     ref.backward(grad)
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(site.bias.grad, sum(bn.bias.grad for bn in refs),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        site.bias.grad, sum(bn.bias.grad for bn in refs), rtol=1e-4, atol=1e-5
+    )
     if learnable:
-        torch.testing.assert_close(site.weight.grad, sum(bn.weight.grad for bn in refs),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            site.weight.grad, sum(bn.weight.grad for bn in refs), rtol=1e-4, atol=1e-5
+        )
 
     # Running stats: the mean of the per-split BatchNorm2d buffers (the seed's averaging).
-    torch.testing.assert_close(site.running_mean,
-                               torch.stack([bn.running_mean for bn in refs]).mean(0))
-    torch.testing.assert_close(site.running_var,
-                               torch.stack([bn.running_var for bn in refs]).mean(0))
+    torch.testing.assert_close(
+        site.running_mean, torch.stack([bn.running_mean for bn in refs]).mean(0)
+    )
+    torch.testing.assert_close(
+        site.running_var, torch.stack([bn.running_var for bn in refs]).mean(0)
+    )
 
     # Eval: F.batch_norm with the running stats, then the activation.
     site.eval()
     y = torch.randn(3, channels, 4, 4)
-    expected = activation(F.batch_norm(y, site.running_mean, site.running_var,
-                                       site.weight, site.bias, training=False, eps=1e-5))
+    expected = activation(
+        F.batch_norm(
+            y, site.running_mean, site.running_var, site.weight, site.bias, training=False, eps=1e-5
+        )
+    )
     torch.testing.assert_close(site(y), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -213,11 +242,17 @@ def test_pool_placement_matches_hand_built_sequential(placement):
     conv, pool = nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.MaxPool2d(2)
     bn, act = nn.BatchNorm2d(6), nn.CELU(0.3)
     _copy_conv_bn(block, conv, bn)
-    ref = (nn.Sequential(conv, pool, bn, act) if placement == "before_bn"
-           else nn.Sequential(conv, bn, act, pool))
+    ref = (
+        nn.Sequential(conv, pool, bn, act)
+        if placement == "before_bn"
+        else nn.Sequential(conv, bn, act, pool)
+    )
     # Copies, so that running the wrong order leaves ``bn``'s running stats alone.
-    wrong = copy.deepcopy(nn.Sequential(conv, bn, act, pool) if placement == "before_bn"
-                          else nn.Sequential(conv, pool, bn, act))
+    wrong = copy.deepcopy(
+        nn.Sequential(conv, bn, act, pool)
+        if placement == "before_bn"
+        else nn.Sequential(conv, pool, bn, act)
+    )
     x = torch.randn(4, 3, 10, 10)
     out = block(x)
     expected = ref(x)
@@ -225,7 +260,7 @@ def test_pool_placement_matches_hand_built_sequential(placement):
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(block.bn.running_mean, bn.running_mean)
     torch.testing.assert_close(block.bn.running_var, bn.running_var)
-    assert not torch.allclose(out, wrong(x), atol=1e-3)   # the order is observable
+    assert not torch.allclose(out, wrong(x), atol=1e-3)  # the order is observable
     block.eval(), ref.eval()
     torch.testing.assert_close(block(x), ref(x), rtol=1e-5, atol=1e-5)
 
@@ -257,8 +292,9 @@ def _reference_resnet9(model: ResNet9) -> nn.Sequential:
     def conv_bn(pool: bool) -> list[nn.Module]:
         block = next(blocks)
         c = block.conv
-        conv = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, padding=c.padding,
-                         bias=False)
+        conv = nn.Conv2d(
+            c.in_channels, c.out_channels, c.kernel_size, padding=c.padding, bias=False
+        )
         bn = nn.BatchNorm2d(c.out_channels)
         _copy_conv_bn(block, conv, bn)
         if not pool:
@@ -273,10 +309,10 @@ def _reference_resnet9(model: ResNet9) -> nn.Sequential:
         with torch.no_grad():
             whiten.weight.copy_(model.whitening.filters)
         layers.append(whiten)
-    layers += conv_bn(False)                                                  # prep
-    layers += conv_bn(True) + [_Residual(*conv_bn(False), *conv_bn(False))]   # layer1
-    layers += conv_bn(True)                                                   # layer2
-    layers += conv_bn(True) + [_Residual(*conv_bn(False), *conv_bn(False))]   # layer3
+    layers += conv_bn(False)  # prep
+    layers += conv_bn(True) + [_Residual(*conv_bn(False), *conv_bn(False))]  # layer1
+    layers += conv_bn(True)  # layer2
+    layers += conv_bn(True) + [_Residual(*conv_bn(False), *conv_bn(False))]  # layer3
     linear = nn.Linear(model.head.linear.in_features, cfg.num_classes, bias=False)
     with torch.no_grad():
         linear.weight.copy_(model.head.linear.weight)
@@ -284,10 +320,14 @@ def _reference_resnet9(model: ResNet9) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-@pytest.mark.parametrize("config", [ResNet9Config(width=0.125, ghost_splits=1,
-                                                  frozen_bn_scale=False),
-                                    ResNet9Config.baseline(width=0.125)],
-                         ids=["final", "baseline"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        ResNet9Config(width=0.125, ghost_splits=1, frozen_bn_scale=False),
+        ResNet9Config.baseline(width=0.125),
+    ],
+    ids=["final", "baseline"],
+)
 def test_resnet9_matches_torch_nn_reference(config):
     model = ResNet9(config)
     set_random_whitening(model)
@@ -306,7 +346,7 @@ def test_whitening_whitens_and_is_ordered():
     filters, eigenvalues = patch_whitening_filters(images, eps=eps)
     assert filters.shape == (27, 3, 3, 3) and filters.dtype == torch.float32
     assert eigenvalues.shape == (27,) and eigenvalues.dtype == torch.float64
-    assert (eigenvalues[:-1] >= eigenvalues[1:]).all()            # descending
+    assert (eigenvalues[:-1] >= eigenvalues[1:]).all()  # descending
 
     x = numpy_patches(images.numpy())
     sigma = x.T @ x / (x.shape[0] - 1)
@@ -323,11 +363,12 @@ def test_whitening_conv_output_is_white():
     vector order to the (C, kh, kw) weight layout."""
     images = correlated_images(40)
     filters, eigenvalues = patch_whitening_filters(images)
-    out = F.conv2d(images, filters.double())                          # no padding: all patches
+    out = F.conv2d(images, filters.double())  # no padding: all patches
     flat = out.permute(0, 2, 3, 1).reshape(-1, 27)
     cov = flat.T @ flat / (flat.shape[0] - 1)
-    torch.testing.assert_close(cov, torch.diag(eigenvalues / (eigenvalues + 1e-2)),
-                               atol=2e-5, rtol=0)
+    torch.testing.assert_close(
+        cov, torch.diag(eigenvalues / (eigenvalues + 1e-2)), atol=2e-5, rtol=0
+    )
 
 
 def test_whitening_matches_numpy_eigendecomposition():
@@ -339,12 +380,11 @@ def test_whitening_matches_numpy_eigendecomposition():
     lam, vec = lam[::-1], vec[:, ::-1]
     # XᵀX per chunk is a float32 product (see model.whitening): float32-level agreement.
     np.testing.assert_allclose(eigenvalues.numpy(), lam, rtol=2e-6, atol=1e-9)
-    ref = (vec / np.sqrt(lam + eps)).T                                 # row i: filter i
+    ref = (vec / np.sqrt(lam + eps)).T  # row i: filter i
     mine = filters.double().reshape(27, 27).numpy()
-    signs = np.sign(np.sum(mine * ref, axis=1))                       # eigenvector sign is free
+    signs = np.sign(np.sum(mine * ref, axis=1))  # eigenvector sign is free
     assert np.all(signs != 0)
-    np.testing.assert_allclose(mine, ref * signs[:, None], rtol=1e-4,
-                               atol=1e-5 * np.abs(ref).max())
+    np.testing.assert_allclose(mine, ref * signs[:, None], rtol=1e-4, atol=1e-5 * np.abs(ref).max())
 
 
 def test_whitening_chunked_equals_one_shot():
@@ -363,8 +403,9 @@ def test_whitening_from_uint8_data():
     data = torch.randint(0, 256, (20, 3, 12, 12), dtype=torch.uint8)
     got = whitening_filters_from_data(data, MEAN, STD, n_images=13, chunk_size=4)
     shape = (1, 3, 1, 1)
-    normalised = (data[:13].double() - torch.tensor(MEAN, dtype=torch.float64).reshape(shape)
-                  ) / torch.tensor(STD, dtype=torch.float64).reshape(shape)
+    normalised = (
+        data[:13].double() - torch.tensor(MEAN, dtype=torch.float64).reshape(shape)
+    ) / torch.tensor(STD, dtype=torch.float64).reshape(shape)
     ref = patch_whitening_filters(normalised, chunk_size=None)
     torch.testing.assert_close(got.filters, ref.filters, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got.eigenvalues, ref.eigenvalues, rtol=1e-5, atol=1e-8)
@@ -411,14 +452,21 @@ def test_whitening_conv_is_fixed():
     trainable = [p for p in model.parameters() if p.requires_grad]
     grouped = [p for g in groups.values() for p in g]
     assert len(grouped) == len(trainable) and {id(p) for p in grouped} == {id(p) for p in trainable}
-    assert groups["bn_weights"] == []                       # frozen scales: no BN weights
+    assert groups["bn_weights"] == []  # frozen scales: no BN weights
     assert len(groups["bn_biases"]) == 8
-    assert len(groups["weights"]) == 9                      # 8 convs + the linear layer
+    assert len(groups["weights"]) == 9  # 8 convs + the linear layer
 
     before = filters.clone()
-    opt = torch.optim.SGD([{"params": groups["weights"]},
-                           {"params": groups["bn_biases"], "lr": 0.64, "weight_decay": 5e-4 / 64}],
-                          lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    opt = torch.optim.SGD(
+        [
+            {"params": groups["weights"]},
+            {"params": groups["bn_biases"], "lr": 0.64, "weight_decay": 5e-4 / 64},
+        ],
+        lr=0.01,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+    )
     model(torch.randn(4, 3, 32, 32)).sum().backward()
     assert filters.grad is None
     opt.step()
@@ -442,7 +490,7 @@ def test_set_ghost_splits_and_backend():
     with pytest.raises(ValueError, match="divisible"):
         model(torch.randn(3, 3, 32, 32))
     model.eval()
-    model(torch.randn(3, 3, 32, 32))                     # eval: no splits
+    model(torch.randn(3, 3, 32, 32))  # eval: no splits
     model.set_backend("compile")
     assert model.backend == "compile" and {s.backend for s in model.bn_sites()} == {"compile"}
     with pytest.raises(ValueError, match="unknown model backend"):
@@ -458,8 +506,9 @@ def test_ghost_splits_change_training_output():
     assert not torch.allclose(one, two, atol=1e-4)
     # Splits of 2 images normalise each pair alone, like running pairs through plain BN.
     model.set_ghost_splits(1)
-    torch.testing.assert_close(two, torch.cat([copy.deepcopy(model)(p) for p in x.split(2)]),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        two, torch.cat([copy.deepcopy(model)(p) for p in x.split(2)]), rtol=1e-4, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -475,10 +524,11 @@ def test_channels_last_matches_contiguous(training):
     x_cl = x.contiguous(memory_format=torch.channels_last)
     features = cl.prep(cl.whitening(x_cl))
     assert features.is_contiguous(memory_format=torch.channels_last)
-    cl.load_state_dict(model.state_dict())               # undo the running-stat update above
+    cl.load_state_dict(model.state_dict())  # undo the running-stat update above
     torch.testing.assert_close(cl(x_cl), model(x), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(cl.layer3[1].block2.bn.running_var,
-                               model.layer3[1].block2.bn.running_var)
+    torch.testing.assert_close(
+        cl.layer3[1].block2.bn.running_var, model.layer3[1].block2.bn.running_var
+    )
 
 
 def test_mixed_precision_keeps_bn_in_float32():
@@ -494,12 +544,15 @@ def test_mixed_precision_keeps_bn_in_float32():
 
 
 # ---- the Triton backend -----------------------------------------------------------------
-NO_TRITON_REASON = ("needs the triton package (Linux only) and TRITON_INTERPRET=1, which "
-                    "tests/conftest.py sets before kernels are imported")
+NO_TRITON_REASON = (
+    "needs the triton package (Linux only) and TRITON_INTERPRET=1, which "
+    "tests/conftest.py sets before kernels are imported"
+)
 
 
 def _triton_ready() -> bool:
     from kernels._common import interpreting, triton_available
+
     return triton_available() and interpreting()
 
 
@@ -535,8 +588,10 @@ def test_triton_and_eager_train_alike():
     set_random_whitening(eager)
     triton_model = copy.deepcopy(eager)
     triton_model.set_backend("triton")
-    steps = {name: TrainStep(m, m, config, runtime, steps_per_epoch=2)
-             for name, m in (("eager", eager), ("triton", triton_model))}
+    steps = {
+        name: TrainStep(m, m, config, runtime, steps_per_epoch=2)
+        for name, m in (("eager", eager), ("triton", triton_model))
+    }
     losses: dict[str, list[float]] = {"eager": [], "triton": []}
     for _ in range(4):
         inputs, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
@@ -544,8 +599,9 @@ def test_triton_and_eager_train_alike():
             loss, _ = step(inputs, labels)
             losses[name].append(loss.item())
     # Independent batches each step, so a step that diverged would show in the later losses.
-    torch.testing.assert_close(torch.tensor(losses["triton"]), torch.tensor(losses["eager"]),
-                               rtol=1e-4, atol=1e-4)
-    assert losses["eager"][0] != losses["eager"][-1]        # the weights really moved
+    torch.testing.assert_close(
+        torch.tensor(losses["triton"]), torch.tensor(losses["eager"]), rtol=1e-4, atol=1e-4
+    )
+    assert losses["eager"][0] != losses["eager"][-1]  # the weights really moved
     for (name, a), b in zip(triton_model.named_parameters(), eager.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)

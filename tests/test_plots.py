@@ -42,13 +42,18 @@ def _history(n_epochs: int, offset: float = 0.0, evaluate_every: int = 1):
     for e in range(1, n_epochs + 1):
         total += 2.5
         evaluated = e % evaluate_every == 0 or e == n_epochs
-        out.append({
-            "epoch": e, "lr": min(e / 2, 1.0) * (1 - e / (n_epochs + 1)),
-            "train_loss": 2.0 / e + offset, "train_acc": 1 - 0.8 / e,
-            "test_loss": 2.2 / e + offset if evaluated else None,
-            "test_acc": 1 - 0.9 / e if evaluated else None,
-            "epoch_time": 2.5, "total_time": total,
-        })
+        out.append(
+            {
+                "epoch": e,
+                "lr": min(e / 2, 1.0) * (1 - e / (n_epochs + 1)),
+                "train_loss": 2.0 / e + offset,
+                "train_acc": 1 - 0.8 / e,
+                "test_loss": 2.2 / e + offset if evaluated else None,
+                "test_acc": 1 - 0.9 / e if evaluated else None,
+                "epoch_time": 2.5,
+                "total_time": total,
+            }
+        )
     return out
 
 
@@ -57,14 +62,17 @@ def test_matplotlib_is_not_imported_at_module_import():
     import subprocess
 
     code = "import sys, train.plots; print('matplotlib' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_plot_curves(tmp_path):
-    path = plot_curves([_history(10), _history(10, 0.1, evaluate_every=3), _history(6)],
-                       tmp_path / "sub" / "curves.png", labels=["a", "b", "c"], title="t")
+    path = plot_curves(
+        [_history(10), _history(10, 0.1, evaluate_every=3), _history(6)],
+        tmp_path / "sub" / "curves.png",
+        labels=["a", "b", "c"],
+        title="t",
+    )
     _assert_png(path, 1200, 800)
 
 
@@ -95,11 +103,19 @@ def test_augmentation_views_differ():
 
 def test_plot_augmentations(tmp_path):
     imgs = _images()
-    path = plot_augmentations(imgs, tmp_path / "aug.png", n_images=8, n_views=3,
-                              cutout_size=8, seed=1, titles=[f"c{i}" for i in range(8)])
+    path = plot_augmentations(
+        imgs,
+        tmp_path / "aug.png",
+        n_images=8,
+        n_views=3,
+        cutout_size=8,
+        seed=1,
+        titles=[f"c{i}" for i in range(8)],
+    )
     _assert_png(path, int(100 * (1.3 * 8 + 0.8)), int(100 * (1.3 * 4 + 0.5)))
-    other = plot_augmentations(imgs, tmp_path / "aug2.png", n_images=8, n_views=3,
-                               cutout_size=8, seed=2)
+    other = plot_augmentations(
+        imgs, tmp_path / "aug2.png", n_images=8, n_views=3, cutout_size=8, seed=2
+    )
     a, b = _read(path), _read(other)
     assert a.shape == b.shape and not np.array_equal(a, b)
 
@@ -110,8 +126,9 @@ def test_plot_whitening(tmp_path):
     x = torch.randn(2000, 27, generator=g) @ torch.randn(27, 27, generator=g)
     lam, vec = torch.linalg.eigh(x.T @ x / 1999)
     lam, vec = lam.flip(0), vec.T.flip(0).reshape(27, 3, 3, 3)
-    path = plot_whitening(vec / (lam + 1e-2).sqrt()[:, None, None, None], lam,
-                          tmp_path / "white.png")
+    path = plot_whitening(
+        vec / (lam + 1e-2).sqrt()[:, None, None, None], lam, tmp_path / "white.png"
+    )
     _assert_png(path, int(100 * (1.1 * 9 + 0.4)), int(100 * (2.3 * 3 + 0.6)))
     with pytest.raises(ValueError):
         plot_whitening(vec, lam[:5], tmp_path / "bad.png")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -22,10 +23,11 @@ def _t_two_sided_p(t: float, dof: float, steps: int = 4000) -> float:
 
 # ---- summarize --------------------------------------------------------------------------
 
+
 def test_summary_basics():
     s = summarize([1, 2, 3, 4, 5])
     assert (s.n, s.mean, s.min, s.max) == (5, 3, 1, 5)
-    assert s.std == pytest.approx(math.sqrt(2.5))        # sample std, ddof=1
+    assert s.std == pytest.approx(math.sqrt(2.5))  # sample std, ddof=1
     assert s.sem == pytest.approx(math.sqrt(2.5 / 5))
 
 
@@ -72,20 +74,28 @@ def test_format_mean_ci():
 
 # ---- Welch's test -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("seed", range(6))
-def test_welch_matches_scipy(seed):
+@pytest.mark.parametrize("confidence", [0.95, 0.9])
+def test_welch_matches_the_formulas(seed, confidence):
+    """welch_test is scipy's; this writes Welch's test out by hand (B − A, not A − B)."""
     rng = np.random.default_rng(seed)
     na, nb = rng.integers(2, 30, size=2)
     a = rng.normal(94.0, rng.uniform(0.05, 0.3), na)
     b = rng.normal(94.0 + rng.uniform(-0.3, 0.3), rng.uniform(0.05, 0.3), nb)
-    r = welch_test(a, b)
-    ref = st.ttest_ind(b, a, equal_var=False)     # scipy's t is for its first minus second
-    assert r.t == pytest.approx(ref.statistic, rel=1e-10)
-    assert r.p == pytest.approx(ref.pvalue, rel=1e-8)
-    assert r.dof == pytest.approx(ref.df, rel=1e-10)
-    lo, hi = ref.confidence_interval(0.95)
-    assert (r.ci_low, r.ci_high) == (pytest.approx(lo), pytest.approx(hi))
-    assert r.diff == pytest.approx(b.mean() - a.mean())
+    r = welch_test(a, b, confidence)
+    va, vb = a.var(ddof=1) / na, b.var(ddof=1) / nb
+    se = math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+    diff = b.mean() - a.mean()
+    assert r.diff == pytest.approx(diff, rel=1e-12)
+    assert r.se == pytest.approx(se, rel=1e-12)
+    assert r.dof == pytest.approx(dof, rel=1e-10)
+    assert r.t == pytest.approx(diff / se, rel=1e-9)
+    assert r.p == pytest.approx(_t_two_sided_p(diff / se, dof), abs=1e-8)
+    half = st.t.ppf((1 + confidence) / 2, dof) * se  # the t table's quantile
+    assert (r.ci_low, r.ci_high) == (pytest.approx(diff - half), pytest.approx(diff + half))
+    assert r.half_width == pytest.approx(half)
 
 
 def test_welch_hand_computed_equal_sizes():
@@ -94,10 +104,10 @@ def test_welch_hand_computed_equal_sizes():
     r = welch_test([1, 2, 3, 4, 5], [2, 4, 6, 8, 10])
     assert r.diff == 3
     assert r.se == pytest.approx(math.sqrt(2.5))
-    assert r.t == pytest.approx(3 / math.sqrt(2.5))          # 1.8974
-    assert r.dof == pytest.approx(100 / 17)                  # 5.8824
+    assert r.t == pytest.approx(3 / math.sqrt(2.5))  # 1.8974
+    assert r.dof == pytest.approx(100 / 17)  # 5.8824
     assert r.p == pytest.approx(_t_two_sided_p(r.t, 100 / 17), abs=1e-8)
-    assert 0.10 < r.p < 0.11                                 # t table: ν≈6, t=1.90
+    assert 0.10 < r.p < 0.11  # t table: ν≈6, t=1.90
 
 
 def test_welch_hand_computed_unequal_sizes():
@@ -111,9 +121,13 @@ def test_welch_hand_computed_unequal_sizes():
 
 
 def test_welch_one_side_constant_is_fine():
-    r = welch_test([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
-    assert r.dof == pytest.approx(2)          # all the variance comes from B
-    assert math.isfinite(r.p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy's "precision loss" warning included
+        r = welch_test([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
+    assert r.dof == pytest.approx(2)  # all the variance comes from B
+    # t = 1 / √(1/3) on 2 degrees of freedom
+    assert r.t == pytest.approx(math.sqrt(3))
+    assert r.p == pytest.approx(_t_two_sided_p(math.sqrt(3), 2), abs=1e-8)
 
 
 def test_welch_needs_two_runs_per_side():
@@ -138,13 +152,16 @@ def test_welch_both_constant():
 
 # ---- verdict ----------------------------------------------------------------------------
 
+
 def test_verdict_significant_and_directions():
     a = [94.00, 94.05, 93.95, 94.02, 93.98, 94.01]
     b = [94.20, 94.25, 94.15, 94.22, 94.18, 94.21]
     r = welch_test(a, b)
     text = verdict(r)
-    assert text == (f"B is better in accuracy by {r.diff:.2f} ± {r.half_width:.2f} points "
-                    f"(95% CI), {format_p(r.p)}")
+    assert text == (
+        f"B is better in accuracy by {r.diff:.2f} ± {r.half_width:.2f} points "
+        f"(95% CI), {format_p(r.p)}"
+    )
     # same data as times: lower is better, so A wins
     assert verdict(r, metric="time", unit="s", better="lower").startswith("A is better in time")
     assert verdict(r, names=("old", "new")).startswith("new is better")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from train.cli import build_parser, config_from_args, main
-from train.config import ConfigError, TrainConfig
+from train.config import CPU_QUICK_OVERRIDES, ConfigError, TrainConfig
 from train.ema import WeightAverage
 from train.evaluate import tta_logits
 from train.loss import label_smoothing_loss
@@ -41,8 +41,9 @@ def test_schedule_scales_with_epochs_and_peak():
 
 
 def test_schedule_without_floor_decays_to_the_end():
-    schedule = recipe_schedule(TrainConfig(epochs=24, warmup_epochs=5, lr=0.4, lr_floor=0.0,
-                                           floor_epochs=0))
+    schedule = recipe_schedule(
+        TrainConfig(epochs=24, warmup_epochs=5, lr=0.4, lr_floor=0.0, floor_epochs=0)
+    )
     assert schedule(5) == pytest.approx(0.4)
     assert schedule(14.5) == pytest.approx(0.2)
     assert schedule(24) == pytest.approx(0.0)
@@ -59,14 +60,67 @@ def test_piecewise_linear_rejects_bad_knots():
         PiecewiseLinear((0.0, 2.0, 1.0), (0.0, 1.0, 0.0))
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"epochs": 13, "floor_epochs": 2.0},
+        {"epochs": 24, "warmup_epochs": 5.0, "lr": 0.4, "lr_floor": 0.0, "floor_epochs": 0.0},
+    ],
+)
+def test_schedule_is_numpy_interp_up_to_rounding(changes):
+    schedule = recipe_schedule(TrainConfig(**changes))
+    t = np.linspace(-1.0, schedule.knots[-1] + 1.0, 1001)
+    ours = [schedule(x) for x in t]
+    np.testing.assert_allclose(
+        ours, np.interp(t, schedule.knots, schedule.values), rtol=1e-13, atol=1e-15
+    )
+
+
+def test_schedule_rounds_like_the_recorded_runs():
+    """Not numpy.interp's rounding: its slope·(t − t0) + v0 differs in the last bit for
+    about a fifth of the steps, which changes SGD's float32 learning rate and the printed lr
+    column (here 0.45625 would print 0.4562 instead of 0.4563)."""
+    schedule = recipe_schedule(TrainConfig(epochs=1))  # knots (0, 0.2, 0.8, 1)
+    t = 9 / 16
+    assert schedule(t) == 1.0 + (0.1 - 1.0) * (t - 0.2) / (0.8 - 0.2)
+    assert schedule(t) != float(np.interp(t, schedule.knots, schedule.values))
+    assert f"{schedule(t):.4f}" == "0.4563"
+
+
+def test_schedule_without_warmup_starts_at_zero():
+    """A warm-up of 0 epochs repeats the first knot: step 0 still gets lr 0 (the value
+    before the jump, where numpy.interp would give the peak), every later step the decay."""
+    schedule = recipe_schedule(TrainConfig(warmup_epochs=0.0))
+    assert schedule.knots[:2] == (0.0, 0.0)
+    assert schedule(0.0) == 0.0
+    assert schedule(0.1) == pytest.approx(1.0 - 0.9 * 0.1 / 8)
+
+
 # --------------------------------------------------------------------------- loss
 @pytest.mark.parametrize("smoothing", [0.0, 0.2, 0.5])
-def test_label_smoothing_loss_equals_pytorch_summed(smoothing):
+def test_label_smoothing_loss_equals_the_formula(smoothing):
+    """(1 − s)·(−log p of the target) + s·(mean over classes of −log p), summed over the
+    batch: written out in float64, independently of F.cross_entropy."""
     logits = torch.randn(37, 10) * 3
     targets = torch.randint(0, 10, (37,))
+    log_p = torch.log_softmax(logits.double(), dim=1)
+    want = (
+        (1 - smoothing) * -log_p[torch.arange(37), targets] + smoothing * -log_p.mean(dim=1)
+    ).sum()
     ours = label_smoothing_loss(logits, targets, smoothing)
-    theirs = F.cross_entropy(logits, targets, label_smoothing=smoothing, reduction="sum")
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours.double(), want, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_label_smoothing_loss_of_half_precision_logits_is_float32(dtype):
+    """Autocast hands over fp16/bf16 logits; the loss (a sum over the batch) is float32."""
+    logits = (torch.randn(64, 10) * 3).to(dtype)
+    targets = torch.randint(0, 10, (64,))
+    ours = label_smoothing_loss(logits, targets, 0.2)
+    assert ours.dtype == torch.float32
+    assert torch.equal(ours, label_smoothing_loss(logits.float(), targets, 0.2))
 
 
 def test_label_smoothing_loss_by_hand():
@@ -95,7 +149,7 @@ def test_ema_bias_corrected_arithmetic():
 def test_ema_first_update_reads_back_current_weights():
     """What makes short runs safe: one update already gives the current weights exactly."""
     model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
-    ema = WeightAverage(model, 0.99 ** 5)
+    ema = WeightAverage(model, 0.99**5)
     ema.update()
     copy = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
     ema.copy_to(copy)
@@ -104,11 +158,37 @@ def test_ema_first_update_reads_back_current_weights():
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
 
 
-def test_ema_full_recipe_correction_negligible():
-    """~190 updates at ρ = 0.99⁵: the correction differs from 1 by less than 1e-4."""
-    ema = WeightAverage(nn.Linear(1, 1), 0.99 ** 5)
-    ema.updates = 97 * 10 // 5   # 97 steps per epoch at batch 512, 10 epochs
-    assert abs(ema.correction - 1) < 1e-4
+def test_ema_full_recipe_matches_the_seeds_copy_started_average():
+    """The class docstring's claim: over the full recipe's 194 updates (97 steps per epoch
+    at batch 512, 10 epochs, every 5th step) the zero-started, bias-corrected average reads
+    back what the seed's average, started from a copy of the initial weights, does."""
+    rho = 0.99**5
+    layer = nn.Linear(8, 4)
+    ema = WeightAverage(layer, rho)
+    initial = layer.weight.detach().clone()
+    seed_average = initial.clone()  # the seed: a copy to start from
+    for _ in range(97 * 10 // 5):
+        with torch.no_grad():
+            layer.weight.add_(torch.randn_like(layer.weight))  # a random walk of weights
+        ema.update()
+        seed_average.lerp_(layer.weight.detach(), 1 - rho)
+    target = nn.Linear(8, 4)
+    ema.copy_to(target)
+    # Exactly: ours − seed's = ρ¹⁹⁴·(ours − initial), and ρ¹⁹⁴ ≈ 7.2e-5 (plus float32
+    # rounding of the ~200 updates).
+    ours = target.weight.detach()
+    assert ((ours - seed_average).abs() <= 1e-4 * (ours - initial).abs() + 1e-5).all()
+    # ... while after a short run (19 updates) the seed's copy still weighs ρ¹⁹ ≈ 38%.
+    short = WeightAverage(layer, rho)
+    short_seed = layer.weight.detach().clone()
+    with torch.no_grad():
+        layer.weight.add_(10.0)
+    for _ in range(19):
+        short.update()
+        short_seed.lerp_(layer.weight.detach(), 1 - rho)
+    short.copy_to(target)
+    torch.testing.assert_close(target.weight, layer.weight.detach())
+    assert (layer.weight - short_seed).abs().min() > 3.0
 
 
 def test_ema_refuses_to_read_before_any_update():
@@ -139,26 +219,39 @@ class _TinyModel(nn.Module):
 
 
 def test_optimizer_groups_lr_and_weight_decay():
-    config = TrainConfig(batch_size=512)
+    # Values other than the defaults, so that each must come from the configuration.
+    config = TrainConfig(
+        batch_size=256,
+        ghost_batch=32,
+        weight_decay=1e-3,
+        bias_wd_div=8.0,
+        bias_lr_mult=16.0,
+        momentum=0.8,
+        nesterov=False,
+    )
     optimizer = make_optimizer(_TinyModel(), config)
     weights, biases = optimizer.param_groups
-    assert weights["weight_decay"] == pytest.approx(5e-4 * 512)
-    assert biases["weight_decay"] == pytest.approx(5e-4 * 512 / 64)
+    assert weights["weight_decay"] == pytest.approx(1e-3 * 256)  # per example × batch
+    assert biases["weight_decay"] == pytest.approx(1e-3 * 256 / 8)
     set_learning_rate(optimizer, 0.01)
     assert weights["lr"] == pytest.approx(0.01)
-    assert biases["lr"] == pytest.approx(0.64)
-    assert weights["nesterov"] and weights["momentum"] == 0.9
+    assert biases["lr"] == pytest.approx(0.16)
+    assert (weights["momentum"], weights["nesterov"]) == (0.8, False)
+    assert (biases["momentum"], biases["nesterov"]) == (0.8, False)
 
 
 # --------------------------------------------------------------------------- config / CLI
-@pytest.mark.parametrize("changes, message", [
-    ({"epochs": -1}, "--epochs must be at least 1"),
-    ({"batch_size": 100}, "not divisible by the ghost-BN split of 32"),
-    ({"backend": "cuda-magic"}, "unknown backend"),
-    ({"width": 0}, "--width must be positive"),
-    ({"cutout": 40}, "--cutout must be in"),
-    ({"train_subset": 100, "batch_size": 128}, "smaller than one batch"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"epochs": -1}, r"--epochs must be an integer in \[1, .*got -1"),
+        ({"batch_size": 100}, "not divisible by the ghost-BN split of 32"),
+        ({"backend": "cuda-magic"}, "unknown backend"),
+        ({"width": 0}, r"--width must be a finite number in \(0, .*got 0"),
+        ({"cutout": 40}, r"--cutout must be an integer in \[0, 32\]; got 40"),
+        ({"train_subset": 100, "batch_size": 128}, "smaller than one batch"),
+    ],
+)
 def test_config_rejects_bad_values(changes, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig().replace(**changes)
@@ -170,18 +263,22 @@ def test_config_rejects_unknown_field():
 
 
 def test_ghost_splits_follow_batch_size():
-    assert TrainConfig().ghost_splits == 16
-    assert TrainConfig(batch_size=128).ghost_splits == 4
-    assert TrainConfig(ghost_batch=0).ghost_splits == 1
+    assert TrainConfig(batch_size=512, ghost_batch=32).ghost_splits == 16
+    assert TrainConfig(batch_size=128, ghost_batch=32).ghost_splits == 4
+    assert TrainConfig(batch_size=96, ghost_batch=48).ghost_splits == 2
+    assert TrainConfig(batch_size=512, ghost_batch=0).ghost_splits == 1  # plain BN
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--epochs", "-3"], "--epochs must be at least 1"),
-    (["--batch-size", "100", "--device", "cpu"], "not divisible by the ghost-BN split"),
-    (["--backend", "magic"], "invalid choice"),
-    (["--epochs", "ten"], "invalid int value"),
-    (["--train-subset", "0"], "must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "-3"], "argument --epochs: must be an integer in [1, "),
+        (["--batch-size", "100", "--device", "cpu"], "not divisible by the ghost-BN split"),
+        (["--backend", "magic"], "invalid choice"),
+        (["--epochs", "ten"], "argument --epochs: must be an integer in [1, "),
+        (["--train-subset", "0"], "argument --train-subset: must be an integer in [1, "),
+    ],
+)
 def test_cli_bad_flags_give_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         code = main(argv)
@@ -193,10 +290,11 @@ def test_cli_bad_flags_give_one_line_errors(argv, message, capsys):
 
 
 def test_cli_cpu_configuration_fills_only_unset_flags():
+    assert CPU_QUICK_OVERRIDES["epochs"] != 3  # else the given 3 would prove nothing
     args = build_parser().parse_args(["--epochs", "3"])
     config, note = config_from_args(args, has_gpu=False)
-    assert (config.epochs, config.width, config.train_subset, config.batch_size) == \
-        (3, 0.25, 10_000, 128)
+    expected = {**CPU_QUICK_OVERRIDES, "epochs": 3}  # every CPU setting but the given one
+    assert {name: getattr(config, name) for name in expected} == expected
     assert "CPU-sized configuration" in note and "--full" in note
     full, note = config_from_args(build_parser().parse_args(["--full"]), has_gpu=False)
     assert note is None and full == TrainConfig()

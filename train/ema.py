@@ -37,16 +37,18 @@ class WeightAverage:
     @property
     def correction(self) -> float:
         """1 / (1 − ρᵗ): what undoes the zero start after t updates."""
-        return 1.0 / (1.0 - self.rho ** self.updates)
+        return 1.0 / (1.0 - self.rho**self.updates)
 
     @torch.no_grad()
     def copy_to(self, target: nn.Module) -> None:
         """Write the bias-corrected average into ``target`` (a model of the same structure)."""
         if self.updates == 0:
-            raise RuntimeError("the weight average has no updates yet: train for "
-                               "at least one averaging interval before evaluating it")
+            raise RuntimeError(
+                "the weight average has no updates yet: train for "
+                "at least one averaging interval before evaluating it"
+            )
         state = target.state_dict()
-        corrected = torch._foreach_mul([a for a in self.average], self.correction)
+        corrected = torch._foreach_mul(self.average, self.correction)
         for name, value in zip(self.names, corrected):
             state[name].copy_(value)
 

@@ -6,22 +6,22 @@ import torch
 import torch.nn.functional as F
 
 
-def label_smoothing_loss(logits: torch.Tensor, targets: torch.Tensor,
-                         smoothing: float) -> torch.Tensor:
+def label_smoothing_loss(
+    logits: torch.Tensor, targets: torch.Tensor, smoothing: float
+) -> torch.Tensor:
     """(1 − s)·cross-entropy + s·mean over classes of −log p, summed over the batch.
 
-    Summing (not averaging) makes the learning rate a per-example quantity, as in the seed,
-    and acts as a fixed loss scale for fp16 gradients.
+    This is PyTorch's own label-smoothed cross-entropy with ``reduction="sum"``. Summing
+    (not averaging) makes the learning rate a per-example quantity, as in the seed, and acts
+    as a fixed loss scale for fp16 gradients.
 
     Args:
-        logits: (B, K) any float dtype; the loss is computed in float32.
+        logits: (B, K) any float dtype; the loss is computed in float32 (the logits of an
+            autocast forward are fp16/bf16, too coarse for a sum over the batch).
         targets: int64 (B,) class indices.
         smoothing: s in [0, 1).
 
     Returns:
         float32 scalar.
     """
-    log_probs = F.log_softmax(logits.float(), dim=-1)
-    nll = -log_probs.gather(1, targets[:, None]).squeeze(1)
-    uniform = -log_probs.mean(dim=-1)
-    return ((1.0 - smoothing) * nll + smoothing * uniform).sum()
+    return F.cross_entropy(logits.float(), targets, label_smoothing=smoothing, reduction="sum")

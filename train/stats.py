@@ -17,13 +17,21 @@ interval"); two constant samples have no spread to test, which the verdict says 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from scipy import stats as _st
 
-__all__ = ["Summary", "WelchResult", "format_mean_ci", "format_p", "summarize", "verdict",
-           "welch_test"]
+__all__ = [
+    "Summary",
+    "WelchResult",
+    "format_mean_ci",
+    "format_p",
+    "summarize",
+    "verdict",
+    "welch_test",
+]
 
 
 @dataclass(frozen=True)
@@ -123,30 +131,72 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
 
 
 def welch_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> WelchResult:
-    """Welch's t-test of mean(B) − mean(A), by hand, with scipy's t distribution for p.
+    """Welch's t-test of mean(B) − mean(A): ``scipy.stats.ttest_ind(equal_var=False)`` and
+    its confidence interval, around the cases scipy answers with NaN.
 
-    se = √(s_a²/n_a + s_b²/n_b); dof = se⁴ / ((s_a²/n_a)²/(n_a−1) + (s_b²/n_b)²/(n_b−1));
-    t = diff/se; p = 2·P(T_dof > |t|); interval diff ± t_{dof, (1+confidence)/2}·se.
+    se = √(s_a²/n_a + s_b²/n_b); t = diff/se with Welch–Satterthwaite degrees of freedom;
+    p two-sided; interval diff ± t_{dof, (1+confidence)/2}·se. Fewer than 2 runs on a side
+    gives an untestable result, two constant samples an exact one (see :class:`WelchResult`).
     """
     sa, sb = summarize(a, confidence), summarize(b, confidence)
     diff = sb.mean - sa.mean
     nan = math.nan
     if sa.n < 2 or sb.n < 2:
         sizes = f"A has {sa.n} run{'s' * (sa.n != 1)}, B has {sb.n}"
-        return WelchResult(sa, sb, diff, nan, nan, nan, nan, nan, nan, confidence, False,
-                           f"each side needs at least 2 runs to estimate its spread ({sizes})")
-    va, vb = sa.std ** 2 / sa.n, sb.std ** 2 / sb.n
-    se = math.sqrt(va + vb)
+        return WelchResult(
+            sa,
+            sb,
+            diff,
+            nan,
+            nan,
+            nan,
+            nan,
+            nan,
+            nan,
+            confidence,
+            False,
+            f"each side needs at least 2 runs to estimate its spread ({sizes})",
+        )
+    se = math.sqrt(sa.std**2 / sa.n + sb.std**2 / sb.n)
     if se == 0:
-        # Both samples constant: there is no noise to test against.
+        # Both samples constant: there is no noise to test against (scipy would divide 0
+        # by 0 and answer NaN), and the difference is exact.
         t = 0.0 if diff == 0 else math.copysign(math.inf, diff)
-        return WelchResult(sa, sb, diff, 0.0, nan, t, 1.0 if diff == 0 else 0.0, diff, diff,
-                           confidence, True, "both samples are constant")
-    dof = (va + vb) ** 2 / (va ** 2 / (sa.n - 1) + vb ** 2 / (sb.n - 1))
-    t = diff / se
-    p = float(2 * _st.t.sf(abs(t), dof))
-    half = float(_st.t.ppf(0.5 + confidence / 2, dof)) * se
-    return WelchResult(sa, sb, diff, se, dof, t, p, diff - half, diff + half, confidence)
+        return WelchResult(
+            sa,
+            sb,
+            diff,
+            0.0,
+            nan,
+            t,
+            1.0 if diff == 0 else 0.0,
+            diff,
+            diff,
+            confidence,
+            True,
+            "both samples are constant",
+        )
+    # scipy tests its first sample minus its second: B first, so t and the interval are
+    # those of B − A.
+    with warnings.catch_warnings():
+        # A constant side (one recipe always reaching the same accuracy on a small test
+        # set) is a valid input whose variance is exactly 0; scipy warns about it as if
+        # it were cancellation in nearly equal data.
+        warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+        result = _st.ttest_ind([float(x) for x in b], [float(x) for x in a], equal_var=False)
+        interval = result.confidence_interval(confidence_level=confidence)
+    return WelchResult(
+        sa,
+        sb,
+        diff,
+        se,
+        float(result.df),
+        float(result.statistic),
+        float(result.pvalue),
+        float(interval.low),
+        float(interval.high),
+        confidence,
+    )
 
 
 def format_p(p: float) -> str:
@@ -162,8 +212,9 @@ def _level(confidence: float) -> str:
     return f"{confidence * 100:g}%"
 
 
-def format_mean_ci(values: Sequence[float] | Summary, digits: int = 2, unit: str = "",
-                   confidence: float = 0.95) -> str:
+def format_mean_ci(
+    values: Sequence[float] | Summary, digits: int = 2, unit: str = "", confidence: float = 0.95
+) -> str:
     """A "mean ± half-width" line: ``"94.12 ± 0.05 (95% CI, n=10)"``.
 
     With one run: ``"94.12 (n=1: no interval)"``. ``unit`` goes after the numbers
@@ -173,13 +224,20 @@ def format_mean_ci(values: Sequence[float] | Summary, digits: int = 2, unit: str
     u = f" {unit}" if unit else ""
     if not s.has_interval:
         return f"{s.mean:.{digits}f}{u} (n=1: no interval)"
-    return (f"{s.mean:.{digits}f} ± {s.half_width:.{digits}f}{u} "
-            f"({_level(s.confidence)} CI, n={s.n})")
+    return (
+        f"{s.mean:.{digits}f} ± {s.half_width:.{digits}f}{u} ({_level(s.confidence)} CI, n={s.n})"
+    )
 
 
-def verdict(result: WelchResult, metric: str = "accuracy", unit: str = "points",
-            better: str = "higher", alpha: float = 0.05, names: tuple[str, str] = ("A", "B"),
-            digits: int = 2) -> str:
+def verdict(
+    result: WelchResult,
+    metric: str = "accuracy",
+    unit: str = "points",
+    better: str = "higher",
+    alpha: float = 0.05,
+    names: tuple[str, str] = ("A", "B"),
+    digits: int = 2,
+) -> str:
     """One sentence on B versus A, e.g.
 
     * ``"B is better in accuracy by 0.12 ± 0.05 points (95% CI), p = 0.003"``
@@ -193,21 +251,28 @@ def verdict(result: WelchResult, metric: str = "accuracy", unit: str = "points",
     name_a, name_b = names
     u = f" {unit}" if unit else ""
     if not result.testable:
-        return (f"not testable: {result.reason}; {name_b} − {name_a} = "
-                f"{result.diff:+.{digits}f}{u}")
+        return f"not testable: {result.reason}; {name_b} − {name_a} = {result.diff:+.{digits}f}{u}"
     sign = 1 if better == "higher" else -1
     winner = name_b if sign * result.diff > 0 else name_a
     size = abs(result.diff)
     if result.constant:
         if result.diff == 0:
-            return (f"no difference in {metric}: both sides are constant at "
-                    f"{result.a.mean:.{digits}f}{u} (no spread to test)")
-        return (f"{winner} is better in {metric} by {size:.{digits}f}{u} (both sides "
-                f"constant, no spread to test)")
+            return (
+                f"no difference in {metric}: both sides are constant at "
+                f"{result.a.mean:.{digits}f}{u} (no spread to test)"
+            )
+        return (
+            f"{winner} is better in {metric} by {size:.{digits}f}{u} (both sides "
+            f"constant, no spread to test)"
+        )
     level = _level(result.confidence)
     if result.p < alpha:
-        return (f"{winner} is better in {metric} by {size:.{digits}f} ± "
-                f"{result.half_width:.{digits}f}{u} ({level} CI), {format_p(result.p)}")
-    return (f"no significant difference in {metric} ({name_b} − {name_a} = "
-            f"{result.diff:+.{digits}f} ± {result.half_width:.{digits}f}{u}, {level} CI; "
-            f"{format_p(result.p)})")
+        return (
+            f"{winner} is better in {metric} by {size:.{digits}f} ± "
+            f"{result.half_width:.{digits}f}{u} ({level} CI), {format_p(result.p)}"
+        )
+    return (
+        f"no significant difference in {metric} ({name_b} − {name_a} = "
+        f"{result.diff:+.{digits}f} ± {result.half_width:.{digits}f}{u}, {level} CI; "
+        f"{format_p(result.p)})"
+    )
