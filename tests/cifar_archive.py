@@ -41,8 +41,7 @@ META_FILE = "batches.meta.txt"
 TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 TEST_FILE = "test_batch.bin"
 BATCH_FILES = (*TRAIN_FILES, TEST_FILE)
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-           "dog", "frog", "horse", "ship", "truck")
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 RECORDS_PER_FILE = 10_000
 IMAGE_BYTES = 3 * 32 * 32
 RECORD_BYTES = 1 + IMAGE_BYTES
@@ -105,8 +104,9 @@ def balanced_labels(split: str, count: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def synthetic_cifar(records_per_file: int = RECORDS_PER_FILE, *, seed: int = 0,
-                    label_fn: LabelFn = balanced_labels) -> SyntheticCifar:
+def synthetic_cifar(
+    records_per_file: int = RECORDS_PER_FILE, *, seed: int = 0, label_fn: LabelFn = balanced_labels
+) -> SyntheticCifar:
     """Deterministic synthetic CIFAR-10 (cached: the same call returns the same object)."""
     rng = np.random.default_rng(seed)
     # One template per class: a random 4×4 grid of levels per colour plane, upsampled by 8.
@@ -119,15 +119,19 @@ def synthetic_cifar(records_per_file: int = RECORDS_PER_FILE, *, seed: int = 0,
         assert labels.shape == (count,), f"label_fn gave shape {labels.shape}, want ({count},)"
         jitter = rng.integers(0, 32, size=(count, 3, 1, 1), dtype=np.uint8)  # 199 + 31 < 256
         images = templates[labels % 10]
-        images += jitter   # in place: one 184 MB array, not two
+        images += jitter  # in place: one 184 MB array, not two
         labels.flags.writeable = images.flags.writeable = False
         return labels, images
 
     train_labels, train_images = split("train", 5 * records_per_file)
     test_labels, test_images = split("test", records_per_file)
-    return SyntheticCifar(train_images=train_images, train_labels=train_labels,
-                          test_images=test_images, test_labels=test_labels,
-                          records_per_file=records_per_file)
+    return SyntheticCifar(
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        records_per_file=records_per_file,
+    )
 
 
 def encode_records(labels: np.ndarray, images: np.ndarray) -> bytes:
@@ -139,16 +143,26 @@ def encode_records(labels: np.ndarray, images: np.ndarray) -> bytes:
     return records.tobytes()
 
 
-def _files(records_per_file: int, seed: int, label_fn: LabelFn, corrupt: CorruptFn | None,
-           classes: tuple[str, ...] | None) -> Mapping[str, bytes]:
+def _files(
+    records_per_file: int,
+    seed: int,
+    label_fn: LabelFn,
+    corrupt: CorruptFn | None,
+    classes: tuple[str, ...] | None,
+) -> Mapping[str, bytes]:
     files = synthetic_cifar(records_per_file, seed=seed, label_fn=label_fn).files(classes)
     return corrupt(files) if corrupt is not None else files
 
 
-def write_batches(directory: str | Path, records_per_file: int = RECORDS_PER_FILE, *,
-                  seed: int = 0, label_fn: LabelFn = balanced_labels,
-                  corrupt: CorruptFn | None = None,
-                  classes: tuple[str, ...] | None = CLASSES) -> Path:
+def write_batches(
+    directory: str | Path,
+    records_per_file: int = RECORDS_PER_FILE,
+    *,
+    seed: int = 0,
+    label_fn: LabelFn = balanced_labels,
+    corrupt: CorruptFn | None = None,
+    classes: tuple[str, ...] | None = CLASSES,
+) -> Path:
     """Write ``directory/cifar-10-batches-bin/`` (unpacked layout); returns that folder."""
     folder = Path(directory) / FOLDER_NAME
     folder.mkdir(parents=True, exist_ok=True)
@@ -157,10 +171,17 @@ def write_batches(directory: str | Path, records_per_file: int = RECORDS_PER_FIL
     return folder
 
 
-def make_archive(directory: str | Path, records_per_file: int = RECORDS_PER_FILE, *,
-                 seed: int = 0, label_fn: LabelFn = balanced_labels,
-                 corrupt: CorruptFn | None = None, classes: tuple[str, ...] | None = CLASSES,
-                 name: str = ARCHIVE_NAME, compresslevel: int = 1) -> Path:
+def make_archive(
+    directory: str | Path,
+    records_per_file: int = RECORDS_PER_FILE,
+    *,
+    seed: int = 0,
+    label_fn: LabelFn = balanced_labels,
+    corrupt: CorruptFn | None = None,
+    classes: tuple[str, ...] | None = CLASSES,
+    name: str = ARCHIVE_NAME,
+    compresslevel: int = 1,
+) -> Path:
     """Write ``directory/name``: a .tar.gz laid out like the official one; returns its path.
 
     The bytes are deterministic for given arguments (fixed mtimes, owners, gzip header), so
@@ -171,10 +192,13 @@ def make_archive(directory: str | Path, records_per_file: int = RECORDS_PER_FILE
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
     files = _files(records_per_file, seed, label_fn, corrupt, classes)
-    with open(path, "wb") as raw, \
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=compresslevel,
-                          mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(
+            filename="", mode="wb", fileobj=raw, compresslevel=compresslevel, mtime=0
+        ) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar,
+    ):
         folder = tarfile.TarInfo(FOLDER_NAME)
         folder.type, folder.mode, folder.mtime = tarfile.DIRTYPE, 0o755, 0
         tar.addfile(folder)
@@ -196,24 +220,31 @@ def file_md5(path: str | Path) -> str:
 
 # --- ready-made corruptions (values for ``corrupt=``) ---------------------------------------
 
+
 def truncate(name: str, size: int) -> CorruptFn:
     """Cut file ``name`` to its first ``size`` bytes."""
+
     def apply(files: dict[str, bytes]) -> dict[str, bytes]:
         return {**files, name: files[name][:size]}
+
     return apply
 
 
 def drop(name: str) -> CorruptFn:
     """Leave file ``name`` out."""
+
     def apply(files: dict[str, bytes]) -> dict[str, bytes]:
         return {key: value for key, value in files.items() if key != name}
+
     return apply
 
 
 def set_label(name: str, record: int, value: int) -> CorruptFn:
     """Overwrite the label byte of ``record`` in file ``name`` with ``value`` (0–255)."""
+
     def apply(files: dict[str, bytes]) -> dict[str, bytes]:
         content = bytearray(files[name])
         content[record * RECORD_BYTES] = value
         return {**files, name: bytes(content)}
+
     return apply

@@ -14,27 +14,44 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
+from cifar_archive import make_archive
 
 import train.trainer as trainer_module
-from cifar_archive import make_archive
-from train.checkpoint import (CheckpointError, CheckpointMismatch, check_compatible,
-                              load_checkpoint, resume_paths, run_checkpoint_path, save_atomic)
+from train.checkpoint import (
+    CheckpointError,
+    CheckpointMismatch,
+    EpochProgress,
+    check_compatible,
+    load_checkpoint,
+    resume_paths,
+    run_checkpoint_path,
+    save_atomic,
+)
 from train.cli import EXIT_DATA, EXIT_TERMINATED, EXIT_USAGE, main
 from train.config import TrainConfig
 from train.runtime import Runtime
+from train.signals import SELF_SIGNAL_ENV
 from train.step import TrainStep
 from train.trainer import Trainer, TrainingDiverged, TrainingInterrupted
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS_PER_EPOCH = 4
-CONFIG = TrainConfig(width=0.0625, batch_size=32, epochs=2, cutout=8, ema_every=2,
-                     eval_every=1, eval_batch_size=64, warmup_steps=0, device="cpu")
+CONFIG = TrainConfig(
+    width=0.0625,
+    batch_size=32,
+    epochs=2,
+    cutout=8,
+    ema_every=2,
+    eval_every=1,
+    eval_batch_size=64,
+    warmup_steps=0,
+    device="cpu",
+)
 RUNTIME = Runtime(torch.device("cpu"), "eager", torch.float32, channels_last=False)
 
 
@@ -80,8 +97,13 @@ def new_trainer(config: TrainConfig = CONFIG, data: TinyData = DATA) -> Trainer:
     return Trainer(config, RUNTIME, data, log=lambda line: None)
 
 
-def hook_steps(monkeypatch, *, signal_after: int | None = None, nan_at: int | None = None,
-               signum: int = signal.SIGINT) -> None:
+def hook_steps(
+    monkeypatch,
+    *,
+    signal_after: int | None = None,
+    nan_at: int | None = None,
+    signum: int = signal.SIGINT,
+) -> None:
     """Make the trainer's steps send ``signum`` to this process right after step number
     ``signal_after`` (counting from 1), and/or feed NaN inputs to step index ``nan_at``."""
 
@@ -103,16 +125,16 @@ def handlers() -> tuple:
 
 def rows_of(result) -> list[tuple]:
     """What must match between runs: everything but the times."""
-    return [(r.epoch, r.lr, r.train_loss, r.train_acc, r.test_loss, r.test_acc)
-            for r in result.rows]
+    return [
+        (r.epoch, r.lr, r.train_loss, r.train_acc, r.test_loss, r.test_acc) for r in result.rows
+    ]
 
 
 def assert_same_state(a: dict, b: dict) -> None:
     """Two checkpoints hold the same model, optimiser, weight average and position."""
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
-    for mine, theirs in zip(a["step"]["ema"]["average"], b["step"]["ema"]["average"],
-                            strict=True):
+    for mine, theirs in zip(a["step"]["ema"]["average"], b["step"]["ema"]["average"], strict=True):
         assert torch.equal(mine, theirs)
     assert a["step"]["ema"]["updates"] == b["step"]["ema"]["updates"]
     momentum_a, momentum_b = a["step"]["optimizer"]["state"], b["step"]["optimizer"]["state"]
@@ -141,12 +163,16 @@ def reference(tmp_path_factory) -> Reference:
 
 
 # --------------------------------------------------------------------------- resume
-@pytest.mark.parametrize("signal_after, where", [
-    (7, "in epoch 2 after 3 steps"),       # mid-epoch, between two weight-average updates
-    (4, "at the end of epoch 1"),          # the signal lands in the epoch's last step
-])
-def test_interrupted_then_resumed_run_is_bit_identical(reference, tmp_path, monkeypatch,
-                                                       capsys, signal_after, where):
+@pytest.mark.parametrize(
+    "signal_after, where",
+    [
+        (7, "in epoch 2 after 3 steps"),  # mid-epoch, between two weight-average updates
+        (4, "at the end of epoch 1"),  # the signal lands in the epoch's last step
+    ],
+)
+def test_interrupted_then_resumed_run_is_bit_identical(
+    reference, tmp_path, monkeypatch, capsys, signal_after, where
+):
     path = tmp_path / "run.pt"
     before = handlers()
     hook_steps(monkeypatch, signal_after=signal_after)
@@ -177,7 +203,7 @@ def test_resuming_a_finished_run_reads_it_back_without_training(reference, monke
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run must not train again")
 
-    monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", no_training)
+    monkeypatch.setattr(trainer_module.TrainStep, "__call__", no_training)
     trainer = new_trainer()
     result = trainer.run(0, resume=reference.checkpoint)
     assert rows_of(result) == rows_of(reference.result)
@@ -190,7 +216,7 @@ def test_checkpoint_loads_with_weights_only(reference):
     saved = torch.load(reference.checkpoint, weights_only=True)
     assert saved["format"] == "resnet9-cifar10-checkpoint" and saved["version"] == 1
     assert saved["config"] == CONFIG.to_dict() and saved["seed"] == 0
-    assert saved["progress"]["epoch"] == CONFIG.epochs + 1          # finished
+    assert saved["progress"]["epoch"] == CONFIG.epochs + 1  # finished
     assert saved["progress"]["generator_state"].dtype == torch.uint8
     assert saved["rng"]["torch"].dtype == torch.uint8
     assert saved["step"]["steps"] == CONFIG.epochs * STEPS_PER_EPOCH
@@ -213,17 +239,17 @@ def test_progress_bar_only_on_a_terminal_and_gone_after(monkeypatch):
 
     for stream, drawn in ((io.StringIO(), False), (Terminal(), True)):
         monkeypatch.setattr(sys, "stderr", stream)
-        with trainer_module._progress_bar(epoch=2, steps=4, done=1) as bar:
+        progress = EpochProgress(epoch=2, generator_state=torch.zeros(1), batches_done=1)
+        with trainer_module._progress_bar(progress, steps=4) as bar:
             for _ in range(3):
                 bar.update()
         text = stream.getvalue()
-        assert ("epoch 2" in text and "1/4" in text) == drawn    # drawn from the resume point
-        assert text.endswith("\r") or not drawn       # cleared: the table stays clean
+        assert ("epoch 2" in text and "1/4" in text) == drawn  # drawn from the resume point
+        assert text.endswith("\r") or not drawn  # cleared: the table stays clean
 
 
 # --------------------------------------------------------------------------- atomic saves
-def test_failed_save_keeps_the_previous_checkpoint_and_no_temporary_file(tmp_path,
-                                                                          monkeypatch):
+def test_failed_save_keeps_the_previous_checkpoint_and_no_temporary_file(tmp_path, monkeypatch):
     path = tmp_path / "run.pt"
     save_atomic({"weights": torch.arange(3)}, path)
     before = path.read_bytes()
@@ -242,21 +268,21 @@ def test_failed_save_keeps_the_previous_checkpoint_and_no_temporary_file(tmp_pat
 
 
 # --------------------------------------------------------------------------- divergence
-def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(reference, tmp_path,
-                                                                       monkeypatch):
+def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(
+    reference, tmp_path, monkeypatch
+):
     path = tmp_path / "run.pt"
-    hook_steps(monkeypatch, nan_at=5)          # the second step of epoch 2
+    hook_steps(monkeypatch, nan_at=5)  # the second step of epoch 2
     with pytest.raises(TrainingDiverged, match=r"at step 5 \(epoch 2\).*lower --lr"):
         new_trainer().run(0, checkpoint=path)
-    saved = load_checkpoint(path)              # the one written at the end of epoch 1
+    saved = load_checkpoint(path)  # the one written at the end of epoch 1
     assert (saved["progress"]["epoch"], saved["progress"]["batches_done"]) == (2, 0)
     assert all(torch.isfinite(t).all() for t in saved["model"].values())
     reference_epoch1 = reference.result.rows[0]
     assert saved["result"]["rows"][0]["train_loss"] == reference_epoch1.train_loss
 
 
-def test_interrupted_after_divergence_does_not_save_the_diverged_state(tmp_path,
-                                                                        monkeypatch):
+def test_interrupted_after_divergence_does_not_save_the_diverged_state(tmp_path, monkeypatch):
     path = tmp_path / "run.pt"
     hook_steps(monkeypatch, nan_at=5, signal_after=6)
     with pytest.raises(TrainingDiverged, match="at step 5"):
@@ -284,10 +310,12 @@ def test_resume_refuses_another_seed_or_data_set(reference):
 
 def test_settings_that_do_not_change_the_run_may_differ(reference):
     saved = load_checkpoint(reference.checkpoint)
-    harmless = CONFIG.replace(runs=3, json="out.json", eval_every=2, warmup_steps=5,
-                              data_dir="/elsewhere", device="auto")
-    check_compatible(saved, config=harmless, runtime=RUNTIME,
-                     data=new_trainer().data_fingerprint, seed=0)
+    harmless = CONFIG.replace(
+        runs=3, json="out.json", eval_every=2, warmup_steps=5, data_dir="/elsewhere", device="auto"
+    )
+    check_compatible(
+        saved, config=harmless, runtime=RUNTIME, data=new_trainer().data_fingerprint, seed=0
+    )
 
 
 def test_corrupt_or_foreign_files_are_refused_clearly(reference, tmp_path):
@@ -319,14 +347,29 @@ def test_one_checkpoint_per_run_named_by_seed(reference, tmp_path):
         resume_paths(base, [0, 1], config=config, runtime=RUNTIME, data=data)
     shutil.copy(reference.checkpoint, tmp_path / "ck.seed0.pt")
     assert resume_paths(base, [0, 1], config=config, runtime=RUNTIME, data=data) == [
-        tmp_path / "ck.seed0.pt", None]       # run 2 had not started: it starts afresh
+        tmp_path / "ck.seed0.pt",
+        None,
+    ]  # run 2 had not started: it starts afresh
 
 
 # --------------------------------------------------------------------------- the CLI
-# 16 steps per epoch, 3 epochs: after epoch 1's checkpoint appears, the signal has 32 steps
-# to land in before the run ends.
-CLI_FLAGS = ("--device", "cpu", "--width", "0.0625", "--epochs", "3", "--batch-size", "32",
-             "--train-subset", "512", "--test-subset", "128", "--eval-every", "1")
+# 16 steps per epoch, 3 epochs.
+CLI_FLAGS = (
+    "--device",
+    "cpu",
+    "--width",
+    "0.0625",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "32",
+    "--train-subset",
+    "512",
+    "--test-subset",
+    "128",
+    "--eval-every",
+    "1",
+)
 
 
 @pytest.fixture(scope="module")
@@ -351,36 +394,40 @@ def cli_reference(archive_dir, tmp_path_factory) -> Path:
 
 def table_rows(stdout: str) -> list[list[str]]:
     """The cells of the printed table's epoch rows."""
-    return [line.split() for line in stdout.splitlines()
-            if line.split()[:1] in (["1"], ["2"], ["3"])]
+    return [
+        line.split() for line in stdout.splitlines() if line.split()[:1] in (["1"], ["2"], ["3"])
+    ]
 
 
-def test_cli_sigterm_mid_epoch_then_resume_matches_the_uninterrupted_run(archive_dir,
-                                                                         cli_reference,
-                                                                         tmp_path, capsys):
+def test_cli_sigterm_mid_epoch_then_resume_matches_the_uninterrupted_run(
+    archive_dir, cli_reference, tmp_path, capsys
+):
     path = tmp_path / "ck.pt"
     flags = ("--data-dir", str(archive_dir), *CLI_FLAGS)
     # Same thread count as this process: CPU reductions may split differently otherwise.
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    process = subprocess.Popen(cli(*flags, "--checkpoint", str(path)), cwd=REPO, text=True,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        for line in process.stdout:
-            if line.split()[:1] == ["1"]:        # epoch 1's row: its checkpoint comes next
-                break
-        deadline = time.monotonic() + 120
-        while not path.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.2)                         # into epoch 2
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=300)
-    finally:
-        process.kill()
+    # The trainer sends itself SIGTERM right after step 5 of epoch 2 (its test hook): the
+    # stop lands there whatever this machine's speed, and takes the path of a signal sent
+    # from outside (handler, stop request, save, exit code).
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),
+        SELF_SIGNAL_ENV: "2:5:SIGTERM",
+    }
+    process = subprocess.run(
+        cli(*flags, "--checkpoint", str(path)),
+        cwd=REPO,
+        text=True,
+        env=env,
+        capture_output=True,
+        timeout=1800,
+    )
+    stderr = process.stderr
     assert process.returncode == EXIT_TERMINATED, stderr
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
     assert "interrupted by SIGTERM" in stderr and f"--resume {path}" in stderr
+    assert "in epoch 2 after 5 steps" in stderr
     stopped = load_checkpoint(path)
-    assert stopped["progress"]["epoch"] == 2      # saved in or at the start of epoch 2
+    assert stopped["progress"]["epoch"] == 2 and stopped["progress"]["batches_done"] == 5
 
     capsys.readouterr()
     assert main([*flags, "--resume", str(path)]) == 0
@@ -388,18 +435,18 @@ def test_cli_sigterm_mid_epoch_then_resume_matches_the_uninterrupted_run(archive
     resumed, reference = load_checkpoint(path), load_checkpoint(cli_reference)
     assert_same_state(resumed, reference)
     columns = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
-    assert [[row[c] for c in columns] for row in resumed["result"]["rows"]] == \
-        [[row[c] for c in columns] for row in reference["result"]["rows"]]
-    assert [row[0] for row in printed] == ["1", "2", "3"]       # the whole table, reprinted
+    assert [[row[c] for c in columns] for row in resumed["result"]["rows"]] == [
+        [row[c] for c in columns] for row in reference["result"]["rows"]
+    ]
+    assert [row[0] for row in printed] == ["1", "2", "3"]  # the whole table, reprinted
     assert printed[-1][5] == f"{reference['result']['rows'][-1]['test_acc']:.4f}"
 
 
-def test_cli_refuses_bad_checkpoints_in_one_line(archive_dir, cli_reference, tmp_path,
-                                                 capsys):
+def test_cli_refuses_bad_checkpoints_in_one_line(archive_dir, cli_reference, tmp_path, capsys):
     good = cli_reference
     flags = ("--data-dir", str(archive_dir), *CLI_FLAGS)
-    changed = [*flags[:-1], "2"]               # --eval-every 2 may differ ...
-    changed[changed.index("--width") + 1] = "0.125"     # ... the width may not
+    changed = [*flags[:-1], "2"]  # --eval-every 2 may differ ...
+    changed[changed.index("--width") + 1] = "0.125"  # ... the width may not
     assert main([*changed, "--resume", str(good)]) == EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert "width 0.0625 in the checkpoint vs 0.125 now" in err and "eval_every" not in err

@@ -5,21 +5,23 @@ from __future__ import annotations
 import pytest
 
 from train.config import ConfigError, TrainConfig
-from train.presets import (PRESETS, data_on_device, describe_presets, diff_configs,
-                           preset_config)
+from train.presets import PRESETS, describe_presets, diff_configs, preset_config
 
 # The seed's table (shared/docs/RECIPE.md), written out again by hand: name, epochs, and
 # the set of TrainConfig fields that step changes relative to the previous preset.
 LADDER = [
     ("baseline", 24, None),
-    ("gpu-data", 24, {"extra"}),
+    ("gpu-data", 24, {"gpu_data"}),
     ("pool-before-bn", 25, {"pool_before_bn", "epochs"}),
     # warm-up goes from the baseline's explicit 5 epochs to the default epochs/5
     ("label-smoothing", 23, {"label_smoothing", "epochs", "warmup_epochs"}),
     ("celu", 20, {"activation", "celu_alpha", "epochs"}),
     ("ghost-bn", 18, {"ghost_batch", "lr", "epochs"}),
-    ("frozen-scales", 17, {"frozen_bn_scale", "celu_alpha", "bias_lr_mult", "bias_wd_div",
-                           "output_scale", "epochs"}),
+    (
+        "frozen-scales",
+        17,
+        {"frozen_bn_scale", "celu_alpha", "bias_lr_mult", "bias_wd_div", "output_scale", "epochs"},
+    ),
     ("whitening", 15, {"whitening", "lr", "cutout", "epochs"}),
     ("ema", 13, {"ema", "lr_floor", "floor_epochs", "epochs"}),
     # floor_epochs 2 -> None: the default epochs/5 is the same 2 epochs at 10 epochs
@@ -34,7 +36,6 @@ def test_names_and_order_follow_the_seed():
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_every_preset_builds_a_valid_config(name):
     config = preset_config(name)
-    assert isinstance(config, TrainConfig)
     config.validate()
     assert PRESETS[name].config() == config
 
@@ -63,11 +64,11 @@ def test_baseline_is_the_earlier_entry():
     assert c.label_smoothing == 0 and c.cutout == 8 and c.output_scale == 0.125
     assert (c.bias_lr_mult, c.bias_wd_div) == (1, 1)
     assert not c.ema and not c.tta
-    assert not data_on_device(c)
+    assert not c.gpu_data
 
 
 def test_step_values():
-    assert data_on_device(preset_config("gpu-data"))
+    assert preset_config("gpu-data").gpu_data
     assert preset_config("label-smoothing").label_smoothing == 0.2
     assert preset_config("label-smoothing").warmup == pytest.approx(23 / 5)
     assert preset_config("celu").celu_alpha == 0.075
@@ -109,8 +110,11 @@ def test_overrides_on_top_and_schedule_scaling():
 
 def test_presets_are_not_shared_state():
     c = preset_config("baseline")
-    c.extra["gpu_data"] = True
-    assert not data_on_device(preset_config("baseline"))
+    c.lr, c.gpu_data = 5.0, True  # a caller changing the config it was handed
+    again = preset_config("baseline")
+    assert (again.lr, again.gpu_data) == (0.4, False)
+    with pytest.raises(TypeError):  # the ladder itself is read-only
+        PRESETS["baseline"].overrides["lr"] = 5.0
 
 
 def test_unknown_name_lists_the_presets():
@@ -135,6 +139,6 @@ def test_diff_configs():
 def test_describe_presets_lists_every_preset():
     text = describe_presets()
     for name, preset in PRESETS.items():
-        line = next(l for l in text.splitlines() if l.startswith(name + " "))
+        line = next(row for row in text.splitlines() if row.startswith(name + " "))
         assert f" {preset.seed_epochs} " in line
         assert f"{preset.seed_time_s:.0f} s" in line

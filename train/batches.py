@@ -36,14 +36,27 @@ class AugmentedBatches:
             the unsharded batch. ``(0, 1)``: the whole batch.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
-                 pad: int, flip: bool, cutout: int, mean: Sequence[float],
-                 std: Sequence[float], dtype: torch.dtype, backend: str,
-                 generator: torch.Generator, device: torch.device | None = None,
-                 shard: tuple[int, int] = (0, 1)) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        batch_size: int,
+        pad: int,
+        flip: bool,
+        cutout: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        dtype: torch.dtype,
+        backend: str,
+        generator: torch.Generator,
+        device: torch.device | None = None,
+        shard: tuple[int, int] = (0, 1),
+    ) -> None:
         if images.shape[0] < batch_size:
-            raise ValueError(f"{images.shape[0]} training images do not fill one batch of "
-                             f"{batch_size}")
+            raise ValueError(
+                f"{images.shape[0]} training images do not fill one batch of {batch_size}"
+            )
         rank, world = shard
         if not (world >= 1 and 0 <= rank < world and batch_size % world == 0):
             raise ValueError(f"cannot take shard {rank} of {world} of a batch of {batch_size}")
@@ -73,21 +86,36 @@ class AugmentedBatches:
         count, device = self.images.shape[0], self.images.device
         order = torch.randperm(count, device=device, generator=self.generator)
         crop, flip, cutout = kernels.random_augment_params(
-            count, pad=self.pad, cutout_size=self.cutout, height=self.images.shape[2],
-            width=self.images.shape[3], flip=self.flip, device=device,
-            generator=self.generator)
+            count,
+            pad=self.pad,
+            cutout_size=self.cutout,
+            height=self.images.shape[2],
+            width=self.images.shape[3],
+            flip=self.flip,
+            device=device,
+            generator=self.generator,
+        )
         rank, world = self.shard
         share = self.batch_size // world
-        for first in range(start * self.batch_size, len(self) * self.batch_size,
-                           self.batch_size):
+        for first in range(start * self.batch_size, len(self) * self.batch_size, self.batch_size):
             # This rank's slice of the global batch; the crop / flip / cutout choices are
             # sliced alike, so each image keeps the augmentation one process would give it.
             batch = slice(first + rank * share, first + (rank + 1) * share)
             indices = order[batch]
             inputs = kernels.augment(
-                self.images, indices, crop[batch], flip[batch], cutout[batch],
-                cutout_size=self.cutout, pad=self.pad, mean=self.mean, std=self.std,
-                out_dtype=self.dtype, backend=self.backend, validate=False)
+                self.images,
+                indices,
+                crop[batch],
+                flip[batch],
+                cutout[batch],
+                cutout_size=self.cutout,
+                pad=self.pad,
+                mean=self.mean,
+                std=self.std,
+                out_dtype=self.dtype,
+                backend=self.backend,
+                validate=False,
+            )
             labels = self.labels[indices]
             if self.device != inputs.device:
                 inputs = inputs.to(self.device, non_blocking=True)

@@ -1,4 +1,4 @@
-"""Checkpoints of a training run, and stopping cleanly on SIGINT / SIGTERM.
+"""Checkpoints of a training run: what one holds, how a run saves and resumes from it.
 
 A checkpoint is everything a run needs to go on as if it had never stopped, written at
 every epoch end and when the run is interrupted between two steps. It is a plain dict that
@@ -29,53 +29,79 @@ Resuming regenerates the epoch's permutation and augmentation choices from the s
 generator state and skips the batches already done, so on the CPU a resumed run ends with
 the same weights, bit for bit, as an uninterrupted one.
 
-Signals: :func:`stop_on_signals` turns SIGINT and SIGTERM into a flag that the step loop
-reads between steps (a Python bool, no device sync); a second signal stops at once.
+The file itself (atomic writes, the weights-only read and its refusals) is
+:mod:`train.checkpoint_file`; stopping on SIGINT / SIGTERM is :mod:`train.signals`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import signal
-import tempfile
-import threading
+import sys
+import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from train.checkpoint_file import (
+    FORMAT,
+    VERSION,
+    CheckpointError,
+    CheckpointMismatch,
+    load_checkpoint,
+    save_atomic,
+)
 from train.config import TrainConfig
+from train.results import RunResult
 from train.runtime import Runtime
 
 if TYPE_CHECKING:
     from train.data import Cifar10
+    from train.step import TrainStep
 
-FORMAT = "resnet9-cifar10-checkpoint"
-VERSION = 1
-
-_REQUIRED = ("config", "runtime", "data", "seed", "steps_per_epoch", "progress", "model",
-             "step", "rng", "result")
+__all__ = [  # the file-level names are re-exported: callers need one import
+    "FORMAT",
+    "VERSION",
+    "CheckpointError",
+    "CheckpointMismatch",
+    "EpochProgress",
+    "RESUME_MAY_DIFFER",
+    "RunCheckpoint",
+    "check_compatible",
+    "data_fingerprint",
+    "finished_run",
+    "is_finished",
+    "load_checkpoint",
+    "make_checkpoint",
+    "read_for_resume",
+    "restore_run",
+    "resume_paths",
+    "run_checkpoint_path",
+    "save_atomic",
+]
 
 #: Configuration fields that do not change the training trajectory, so a resume may
 #: differ in them. The device, backend and precision are compared as resolved (``auto``
 #: may name the same thing as ``cpu``), in ``runtime``. ``distribute`` only matters under
 #: torchrun with several processes, where checkpoints are refused.
-RESUME_MAY_DIFFER = frozenset({
-    "data_dir", "download", "runs", "json", "warmup_steps", "eval_every", "eval_batch_size",
-    "device", "backend", "precision", "distribute",
-})
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read: missing, truncated, corrupt or not ours."""
-
-
-class CheckpointMismatch(CheckpointError):
-    """A readable checkpoint of a different run (configuration, data, seed, device)."""
+RESUME_MAY_DIFFER = frozenset(
+    {
+        "data_dir",
+        "download",
+        "runs",
+        "json",
+        "warmup_steps",
+        "eval_every",
+        "eval_batch_size",
+        "device",
+        "backend",
+        "precision",
+        "distribute",
+    }
+)
 
 
 # ------------------------------------------------------------------------------ paths
@@ -100,28 +126,48 @@ class EpochProgress:
     epoch: int
     generator_state: torch.Tensor
     batches_done: int = 0
-    loss_sum: torch.Tensor | None = None    # float32 device scalar (summed batch losses)
-    correct: torch.Tensor | None = None     # int64 device scalar
-    elapsed: float = 0.0                    # seconds of this epoch spent before a resume
+    loss_sum: torch.Tensor | None = None  # float32 device scalar (summed batch losses)
+    correct: torch.Tensor | None = None  # int64 device scalar
+    elapsed: float = 0.0  # seconds of this epoch spent before a resume
 
     @classmethod
-    def begin(cls, epoch: int, generator: torch.Generator,
-              device: torch.device) -> EpochProgress:
+    def begin(cls, epoch: int, generator: torch.Generator, device: torch.device) -> EpochProgress:
         """A fresh epoch starting now, with the generator where it stands."""
-        return cls(epoch, generator.get_state(), 0,
-                   torch.zeros((), device=device),
-                   torch.zeros((), dtype=torch.int64, device=device))
+        return cls(
+            epoch,
+            generator.get_state(),
+            0,
+            torch.zeros((), device=device),
+            torch.zeros((), dtype=torch.int64, device=device),
+        )
+
+    def add(self, loss_sum: torch.Tensor, correct: torch.Tensor) -> None:
+        """Count one step: its summed loss and correct predictions (device scalars, added
+        in place: no sync)."""
+        self.loss_sum += loss_sum
+        self.correct += correct
+        self.batches_done += 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "generator_state": self.generator_state,
-                "batches_done": self.batches_done, "loss_sum": self.loss_sum.cpu(),
-                "correct": self.correct.cpu(), "elapsed": self.elapsed}
+        return {
+            "epoch": self.epoch,
+            "generator_state": self.generator_state,
+            "batches_done": self.batches_done,
+            "loss_sum": self.loss_sum.cpu(),
+            "correct": self.correct.cpu(),
+            "elapsed": self.elapsed,
+        }
 
     @classmethod
     def from_dict(cls, saved: Mapping[str, Any], device: torch.device) -> EpochProgress:
-        return cls(int(saved["epoch"]), saved["generator_state"], int(saved["batches_done"]),
-                   saved["loss_sum"].to(device), saved["correct"].to(device),
-                   float(saved["elapsed"]))
+        return cls(
+            int(saved["epoch"]),
+            saved["generator_state"],
+            int(saved["batches_done"]),
+            saved["loss_sum"].to(device),
+            saved["correct"].to(device),
+            float(saved["elapsed"]),
+        )
 
 
 # ------------------------------------------------------------------------------ contents
@@ -129,17 +175,27 @@ def data_fingerprint(data: Cifar10) -> dict[str, int]:
     """Image counts and a CRC of all labels and the first and last 32 training images: cheap
     (well under a millisecond per MB), and enough to tell another data set or subset."""
     crc = 0
-    for tensor in (data.train_labels, data.test_labels, data.train_images[:32],
-                   data.train_images[-32:]):
+    for tensor in (
+        data.train_labels,
+        data.test_labels,
+        data.train_images[:32],
+        data.train_images[-32:],
+    ):
         crc = zlib.crc32(tensor.contiguous().cpu().numpy().tobytes(), crc)
-    return {"train_images": int(data.train_images.shape[0]),
-            "test_images": int(data.test_images.shape[0]), "crc32": crc}
+    return {
+        "train_images": int(data.train_images.shape[0]),
+        "test_images": int(data.test_images.shape[0]),
+        "crc32": crc,
+    }
 
 
 def runtime_record(runtime: Runtime) -> dict[str, str]:
     """The resolved execution choices that change a run's numbers or random streams."""
-    return {"device_type": runtime.device.type, "backend": runtime.backend,
-            "dtype": str(runtime.dtype).replace("torch.", "")}
+    return {
+        "device_type": runtime.device.type,
+        "backend": runtime.backend,
+        "dtype": str(runtime.dtype).replace("torch.", ""),
+    }
 
 
 def rng_states(device: torch.device) -> dict[str, Any]:
@@ -155,17 +211,32 @@ def restore_rng_states(states: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def make_checkpoint(*, config: TrainConfig, runtime: Runtime, data: Mapping[str, int],
-                    seed: int, steps_per_epoch: int, progress: EpochProgress,
-                    model: torch.nn.Module, step_state: Mapping[str, Any],
-                    result: Mapping[str, Any]) -> dict[str, Any]:
+def make_checkpoint(
+    *,
+    config: TrainConfig,
+    runtime: Runtime,
+    data: Mapping[str, int],
+    seed: int,
+    steps_per_epoch: int,
+    progress: EpochProgress,
+    model: torch.nn.Module,
+    step_state: Mapping[str, Any],
+    result: Mapping[str, Any],
+) -> dict[str, Any]:
     """The checkpoint dict (see the module docstring)."""
     return {
-        "format": FORMAT, "version": VERSION,
-        "config": config.to_dict(), "runtime": runtime_record(runtime), "data": dict(data),
-        "seed": seed, "steps_per_epoch": steps_per_epoch, "progress": progress.to_dict(),
-        "model": model.state_dict(), "step": dict(step_state),
-        "rng": rng_states(runtime.device), "result": dict(result),
+        "format": FORMAT,
+        "version": VERSION,
+        "config": config.to_dict(),
+        "runtime": runtime_record(runtime),
+        "data": dict(data),
+        "seed": seed,
+        "steps_per_epoch": steps_per_epoch,
+        "progress": progress.to_dict(),
+        "model": model.state_dict(),
+        "step": dict(step_state),
+        "rng": rng_states(runtime.device),
+        "result": dict(result),
         "torch_version": str(torch.__version__),
     }
 
@@ -175,90 +246,69 @@ def is_finished(checkpoint: Mapping[str, Any]) -> bool:
     return int(checkpoint["progress"]["epoch"]) > int(checkpoint["config"]["epochs"])
 
 
-# ------------------------------------------------------------------------------ disk
-def save_atomic(payload: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then rename it over ``path``.
-
-    The rename is atomic on POSIX and Windows, so ``path`` always holds either the previous
-    checkpoint or the new one, never a half-written file, whatever interrupts the write
-    (an exception, a second Ctrl-C, a full disk, a killed process); the temporary file is
-    removed when the write fails.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = None
-    try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=".tmp", delete=False) as handle:
-            temporary = handle.name
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())   # the data reaches the disk before the rename does
-        os.replace(temporary, path)
-    except BaseException:
-        if temporary is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-        raise
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint (tensors on the CPU) and check that it is one of ours.
-
-    Raises :class:`CheckpointError` with the path and the reason.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:    # zip, pickle, EOF and allow-list errors all mean "unusable"
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupt?): "
-                              f"{reason}") from error
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a checkpoint of this trainer")
-    if payload.get("version") != VERSION:
-        raise CheckpointError(f"{path} is a version {payload.get('version')} checkpoint; this "
-                              f"trainer reads version {VERSION}")
-    missing = [key for key in _REQUIRED if key not in payload]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} is incomplete: no {', '.join(missing)}")
-    return payload
-
-
 # ------------------------------------------------------------------------------ checks
-def _differences(saved: Mapping[str, Any], current: Mapping[str, Any],
-                 ignore: frozenset[str] = frozenset()) -> list[str]:
+def _differences(
+    saved: Mapping[str, Any], current: Mapping[str, Any], ignore: frozenset[str] = frozenset()
+) -> list[str]:
     keys = sorted((set(saved) | set(current)) - ignore)
-    return [f"{key} {saved.get(key)!r} in the checkpoint vs {current.get(key)!r} now"
-            for key in keys if saved.get(key) != current.get(key)]
+    return [
+        f"{key} {saved.get(key)!r} in the checkpoint vs {current.get(key)!r} now"
+        for key in keys
+        if saved.get(key) != current.get(key)
+    ]
 
 
-def check_compatible(checkpoint: Mapping[str, Any], *, config: TrainConfig,
-                     runtime: Runtime, data: Mapping[str, int], seed: int,
-                     path: str | os.PathLike = "the checkpoint") -> None:
+def check_compatible(
+    checkpoint: Mapping[str, Any],
+    *,
+    config: TrainConfig,
+    runtime: Runtime,
+    data: Mapping[str, int],
+    seed: int,
+    path: str | os.PathLike = "the checkpoint",
+) -> None:
     """Refuse to resume a checkpoint of a different run.
 
     Raises :class:`CheckpointMismatch` naming every field that differs: configuration fields
     that change the run (all but :data:`RESUME_MAY_DIFFER`), the resolved device type,
     backend and precision, the data set, and the seed.
     """
-    problems = _differences(checkpoint["config"], config.to_dict(), RESUME_MAY_DIFFER)
+    saved_config, current_config = checkpoint["config"], config.to_dict()
+    problems = _differences(saved_config, current_config, RESUME_MAY_DIFFER)
     problems += _differences(checkpoint["runtime"], runtime_record(runtime))
     if dict(checkpoint["data"]) != dict(data):
-        problems.append(f"the data set differs ({checkpoint['data']} in the checkpoint vs "
-                        f"{dict(data)} now)")
-    if int(checkpoint["seed"]) != seed:
-        problems.append(f"run seed {checkpoint['seed']} in the checkpoint vs {seed} now")
+        problems.append(
+            f"the data set differs ({checkpoint['data']} in the checkpoint vs {dict(data)} now)"
+        )
+    saved_seed = int(checkpoint["seed"])
+    if saved_seed != seed:
+        # Run r of a CLI invocation has seed --seed + r, so a new --seed changes the run's
+        # seed too: that is the one difference ("seed", above), not a second one. The run
+        # seed is named on its own only when it differs for another reason.
+        saved_base, current_base = saved_config.get("seed"), current_config.get("seed")
+        follows_base = (
+            saved_base != current_base
+            and isinstance(saved_base, int)
+            and isinstance(current_base, int)
+            and saved_seed - saved_base == seed - current_base
+        )
+        if not follows_base:
+            problems.append(f"run seed {saved_seed} in the checkpoint vs {seed} now")
     if problems:
         raise CheckpointMismatch(
             f"{path} was written by a different run: {'; '.join(problems)}. Resume with the "
-            "flags of the interrupted run, or start afresh without --resume")
+            "flags of the interrupted run, or start afresh without --resume"
+        )
 
 
-def resume_paths(base: str | os.PathLike, seeds: Sequence[int], *, config: TrainConfig,
-                 runtime: Runtime, data: Mapping[str, int]) -> list[Path | None]:
+def resume_paths(
+    base: str | os.PathLike,
+    seeds: Sequence[int],
+    *,
+    config: TrainConfig,
+    runtime: Runtime,
+    data: Mapping[str, int],
+) -> list[Path | None]:
     """For each run's seed, the checkpoint to resume it from (``None``: start it afresh),
     each one read and checked, so that a bad one is reported before any warm-up.
 
@@ -270,58 +320,125 @@ def resume_paths(base: str | os.PathLike, seeds: Sequence[int], *, config: Train
         if not path.exists():
             found.append(None)
             continue
-        check_compatible(load_checkpoint(path), config=config, runtime=runtime, data=data,
-                         seed=seed, path=path)
+        check_compatible(
+            load_checkpoint(path), config=config, runtime=runtime, data=data, seed=seed, path=path
+        )
         found.append(path)
     if not any(found):
         where = run_checkpoint_path(base, seeds[0], len(seeds))
-        hint = (" (nor for the other seeds)" if len(seeds) > 1 else
-                " (checkpoints of several runs are named by seed, e.g. "
-                f"{run_checkpoint_path(base, seeds[0], 2).name}: give the same --runs)")
+        hint = (
+            " (nor for the other seeds)"
+            if len(seeds) > 1
+            else " (checkpoints of several runs are named by seed, e.g. "
+            f"{run_checkpoint_path(base, seeds[0], 2).name}: give the same --runs)"
+        )
         raise CheckpointError(f"no checkpoint to resume at {where}{hint}")
     return found
 
 
-# ------------------------------------------------------------------------------ signals
-class StopRequest:
-    """Set by SIGINT / SIGTERM, read by the step loop between steps."""
+# ------------------------------------------------------------------------------ one run
+class RunCheckpoint:
+    """The checkpoint of one run: saves its state at epoch ends and when it stops.
 
-    def __init__(self) -> None:
-        self.signal: int | None = None
-
-    @property
-    def requested(self) -> bool:
-        return self.signal is not None
-
-    @property
-    def name(self) -> str:
-        return "a stop request" if self.signal is None else signal.Signals(self.signal).name
-
-
-@contextlib.contextmanager
-def stop_on_signals(stop: StopRequest | None = None,
-                    signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)
-                    ) -> Iterator[StopRequest]:
-    """While inside, SIGINT and SIGTERM only set ``stop.signal``; the previous handlers come
-    back on leaving. A second signal raises :class:`KeyboardInterrupt` at once (for a run
-    that does not get to its next step). Outside the main thread, where Python cannot
-    install handlers, signals are left alone and ``stop`` is never set by them.
+    A save is off the run's clock (its seconds go to ``result.checkpoint_time``) and never
+    ends the run: a write that fails (the folder removed, the disk full) is warned about
+    once on stderr, recorded in ``failures``, and the run goes on; the checkpoint saved
+    before, if any, is still whole.
     """
-    stop = StopRequest() if stop is None else stop
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
 
-    def handler(signum: int, frame: object) -> None:
-        if stop.requested:
-            raise KeyboardInterrupt
-        stop.signal = signum
+    def __init__(
+        self,
+        path: str | os.PathLike | None,
+        *,
+        config: TrainConfig,
+        runtime: Runtime,
+        data: Mapping[str, int],
+        failures: list[str],
+    ) -> None:
+        self.path = None if path is None else Path(path)
+        self.config, self.runtime, self.data, self.failures = config, runtime, data, failures
 
-    previous = {number: signal.signal(number, handler) for number in signals}
-    try:
-        yield stop
-    finally:
-        for number, old in previous.items():
-            # None: a handler installed outside Python, which cannot be put back; the
-            # default action is the closest.
-            signal.signal(number, signal.SIG_DFL if old is None else old)
+    def save(
+        self, model: torch.nn.Module, step: TrainStep, result: RunResult, progress: EpochProgress
+    ) -> Path | None:
+        """Write the run's state; return the path written, or None (no path, or failed)."""
+        if self.path is None:
+            return None
+        start = time.perf_counter()
+        payload = make_checkpoint(
+            config=self.config,
+            runtime=self.runtime,
+            data=self.data,
+            seed=result.seed,
+            steps_per_epoch=step.steps_per_epoch,
+            progress=progress,
+            model=model,
+            step_state=step.state_dict(),
+            result=dataclasses.asdict(result),
+        )
+        try:
+            save_atomic(payload, self.path)
+        except OSError as error:
+            message = (
+                f"could not save checkpoint {self.path} ({error.strerror or error}); "
+                "a resume starts from the last checkpoint that was saved"
+            )
+            if not self.failures:
+                print(f"warning: {message}; training goes on", file=sys.stderr, flush=True)
+            self.failures.append(message)
+            return None
+        result.checkpoint_time += time.perf_counter() - start
+        return self.path
+
+
+def read_for_resume(
+    path: str | os.PathLike,
+    *,
+    config: TrainConfig,
+    runtime: Runtime,
+    data: Mapping[str, int],
+    seed: int,
+) -> dict[str, Any]:
+    """The checkpoint at ``path``, read and checked against this run (see
+    :func:`check_compatible`). Raises :class:`CheckpointError` / :class:`CheckpointMismatch`."""
+    saved = load_checkpoint(path)
+    check_compatible(saved, config=config, runtime=runtime, data=data, seed=seed, path=path)
+    return saved
+
+
+def restore_run(
+    saved: Mapping[str, Any],
+    *,
+    model: torch.nn.Module,
+    step: TrainStep,
+    generator: torch.Generator,
+    result: RunResult,
+    device: torch.device,
+) -> EpochProgress:
+    """Put a saved run back: model, optimiser, weight average, RNG states, the run
+    generator at the interrupted epoch's start, and the results so far (``result`` keeps
+    this process's setup time on top of the saved times: the data did move and whiten
+    again). Returns the epoch progress to continue from."""
+    if int(saved["steps_per_epoch"]) != step.steps_per_epoch:
+        raise CheckpointMismatch(
+            f"the checkpoint has {saved['steps_per_epoch']} steps per epoch; this run "
+            f"has {step.steps_per_epoch}"
+        )
+    model.load_state_dict(saved["model"])
+    step.load_state_dict(saved["step"])
+    restore_rng_states(saved["rng"])
+    progress = EpochProgress.from_dict(saved["progress"], device)
+    generator.set_state(progress.generator_state)
+    before = RunResult.from_dict(saved["result"])
+    result.rows = before.rows
+    result.setup_time += before.setup_time
+    result.train_time += before.train_time
+    result.eval_time, result.checkpoint_time = before.eval_time, before.checkpoint_time
+    return progress
+
+
+def finished_run(saved: Mapping[str, Any], model: torch.nn.Module) -> RunResult:
+    """A run the checkpoint holds to the end: its weights loaded, its result; nothing
+    retrained."""
+    model.load_state_dict(saved["model"])
+    return RunResult.from_dict(saved["result"])

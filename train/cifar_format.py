@@ -19,9 +19,24 @@ import os
 from pathlib import Path
 
 __all__ = [
-    "ARCHIVE_NAME", "BATCH_FILES", "DEFAULT_CLASSES", "ENV_VAR", "FILE_BYTES", "FOLDER_NAME",
-    "IMAGE_BYTES", "IMAGE_SHAPE", "META_FILE", "NUM_CLASSES", "OFFICIAL_MD5", "OFFICIAL_URL",
-    "RECORDS_PER_FILE", "RECORD_BYTES", "TEST_FILE", "TRAIN_FILES", "DataError", "DataNotice",
+    "ARCHIVE_NAME",
+    "BATCH_FILES",
+    "DEFAULT_CLASSES",
+    "ENV_VAR",
+    "FILE_BYTES",
+    "FOLDER_NAME",
+    "IMAGE_BYTES",
+    "IMAGE_SHAPE",
+    "META_FILE",
+    "NUM_CLASSES",
+    "OFFICIAL_MD5",
+    "OFFICIAL_URL",
+    "RECORDS_PER_FILE",
+    "RECORD_BYTES",
+    "TEST_FILE",
+    "TRAIN_FILES",
+    "DataError",
+    "DataNotice",
     "link_loop_message",
 ]
 
@@ -34,14 +49,24 @@ TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 TEST_FILE = "test_batch.bin"
 BATCH_FILES = (*TRAIN_FILES, TEST_FILE)
 ENV_VAR = "CIFAR10_DIR"
-DEFAULT_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck")
+DEFAULT_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 RECORDS_PER_FILE = 10_000
 IMAGE_SHAPE = (3, 32, 32)
 IMAGE_BYTES = 3 * 32 * 32
-RECORD_BYTES = 1 + IMAGE_BYTES                     # 3,073: label byte, then R, G, B planes
-FILE_BYTES = RECORDS_PER_FILE * RECORD_BYTES       # 30,730,000
+RECORD_BYTES = 1 + IMAGE_BYTES  # 3,073: label byte, then R, G, B planes
+FILE_BYTES = RECORDS_PER_FILE * RECORD_BYTES  # 30,730,000
 NUM_CLASSES = 10
 
 
@@ -69,6 +94,8 @@ def link_loop_message(path: Path, origin: str) -> str:
                 link = candidate
             break
     where = "" if link == path else f" (on the way to {path})"
-    return (f"{link} is a symbolic link loop{where}: following it leads back to itself "
-            f"(too many levels of symbolic links); fix the link, or point {origin} at "
-            f"{ARCHIVE_NAME} or a folder that holds it")
+    return (
+        f"{link} is a symbolic link loop{where}: following it leads back to itself "
+        f"(too many levels of symbolic links); fix the link, or point {origin} at "
+        f"{ARCHIVE_NAME} or a folder that holds it"
+    )

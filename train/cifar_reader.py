@@ -33,10 +33,24 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from train.cifar_format import (ARCHIVE_NAME, BATCH_FILES, DEFAULT_CLASSES, FILE_BYTES,
-                                FOLDER_NAME, IMAGE_BYTES, IMAGE_SHAPE, META_FILE, NUM_CLASSES,
-                                OFFICIAL_URL, RECORD_BYTES, RECORDS_PER_FILE, TEST_FILE,
-                                TRAIN_FILES, DataError, link_loop_message)
+from train.cifar_format import (
+    ARCHIVE_NAME,
+    BATCH_FILES,
+    DEFAULT_CLASSES,
+    FILE_BYTES,
+    FOLDER_NAME,
+    IMAGE_BYTES,
+    IMAGE_SHAPE,
+    META_FILE,
+    NUM_CLASSES,
+    OFFICIAL_URL,
+    RECORD_BYTES,
+    RECORDS_PER_FILE,
+    TEST_FILE,
+    TRAIN_FILES,
+    DataError,
+    link_loop_message,
+)
 
 __all__ = ["REDOWNLOAD", "Decoded", "read_archive", "read_folder"]
 
@@ -74,8 +88,10 @@ def read_archive(path: Path, fix: str = REDOWNLOAD) -> Decoded:
     try:
         size = path.stat().st_size
         if size > _MAX_ARCHIVE_BYTES:
-            raise DataError(f"{path} is {size:,} bytes, far more than the CIFAR-10 archive "
-                            f"(about 170 MB): it is not {ARCHIVE_NAME}")
+            raise DataError(
+                f"{path} is {size:,} bytes, far more than the CIFAR-10 archive "
+                f"(about 170 MB): it is not {ARCHIVE_NAME}"
+            )
         raw = path.read_bytes()
     except OSError as error:
         raise DataError(f"cannot read {path}: {error.strerror or error}") from error
@@ -83,14 +99,17 @@ def read_archive(path: Path, fix: str = REDOWNLOAD) -> Decoded:
     # md5 on a second thread while this one inflates: both hashlib and zlib release the GIL
     # on large buffers, so checking provenance adds almost nothing to the load time.
     digest: list[str] = []
-    hasher = threading.Thread(target=lambda: digest.append(hashlib.md5(raw).hexdigest()),
-                              name="cifar10-md5", daemon=True)
+
+    def hash_archive(data: bytes) -> None:
+        digest.append(hashlib.md5(data).hexdigest())
+
+    hasher = threading.Thread(target=hash_archive, args=(raw,), name="cifar10-md5", daemon=True)
     hasher.start()
     try:
         tar_bytes = _gunzip(raw, path, fix)
     finally:
         hasher.join()
-    del raw   # drop the compressed copy before building the decoded arrays
+    del raw  # drop the compressed copy before building the decoded arrays
     md5 = digest[0]
 
     members = _tar_members(tar_bytes, path, fix)
@@ -100,12 +119,21 @@ def read_archive(path: Path, fix: str = REDOWNLOAD) -> Decoded:
         if info is None:
             raise DataError(_missing_member_message(path, name, members, fix))
         if info.size != FILE_BYTES:
-            raise DataError(_size_message(name, info.size, f"in {path}",
-                                          f"the archive is truncated or not CIFAR-10 — {fix}"))
-        buffers[name] = memoryview(tar_bytes)[info.offset_data:info.offset_data + info.size]
+            raise DataError(
+                _size_message(
+                    name,
+                    info.size,
+                    f"in {path}",
+                    f"the archive is truncated or not CIFAR-10 — {fix}",
+                )
+            )
+        buffers[name] = memoryview(tar_bytes)[info.offset_data : info.offset_data + info.size]
     meta = members.get(META_FILE)
-    meta_text = (bytes(memoryview(tar_bytes)[meta.offset_data:meta.offset_data + meta.size])
-                 if meta is not None else None)
+    meta_text = (
+        bytes(memoryview(tar_bytes)[meta.offset_data : meta.offset_data + meta.size])
+        if meta is not None
+        else None
+    )
     return _decode(buffers, meta_text, source=path, fix=fix, md5=md5)
 
 
@@ -114,40 +142,48 @@ def _gunzip(raw: bytes, path: Path, fix: str = REDOWNLOAD) -> bytes:
     if len(raw) == 0:
         raise DataError(f"{path} is empty (0 bytes), not a CIFAR-10 archive: {fix}")
     if raw[:2] != _GZIP_MAGIC:
-        if raw[257:262] == b"ustar":   # an uncompressed tar (someone gunzipped it): fine
+        if raw[257:262] == b"ustar":  # an uncompressed tar (someone gunzipped it): fine
             return raw
-        hint = ("; it looks like a web page, e.g. an error page saved in place of the archive"
-                if raw.lstrip()[:1] == b"<" else "")
+        hint = (
+            "; it looks like a web page, e.g. an error page saved in place of the archive"
+            if raw.lstrip()[:1] == b"<"
+            else ""
+        )
         raise DataError(f"{path} is not a CIFAR-10 archive (not a gzip file{hint}): {fix}")
     parts: list[bytes] = []
     total = 0
     rest = raw
     try:
         while True:
-            inflater = zlib.decompressobj(wbits=31)   # 31: expect a gzip header and trailer
+            inflater = zlib.decompressobj(wbits=31)  # 31: expect a gzip header and trailer
             part = inflater.decompress(rest, _MAX_TAR_BYTES - total + 1)
             total += len(part)
             if total > _MAX_TAR_BYTES or inflater.unconsumed_tail:
-                raise DataError(f"{path} unpacks to more than {_MAX_TAR_BYTES:,} bytes, far "
-                                f"more than CIFAR-10 (184 MB): it is not {ARCHIVE_NAME}")
+                raise DataError(
+                    f"{path} unpacks to more than {_MAX_TAR_BYTES:,} bytes, far "
+                    f"more than CIFAR-10 (184 MB): it is not {ARCHIVE_NAME}"
+                )
             parts.append(part)
             if not inflater.eof:
-                raise DataError(f"{path} is truncated ({len(raw):,} bytes; the gzip stream "
-                                f"ends early), an incomplete copy: {fix}")
+                raise DataError(
+                    f"{path} is truncated ({len(raw):,} bytes; the gzip stream "
+                    f"ends early), an incomplete copy: {fix}"
+                )
             rest = inflater.unused_data
             # Like gzip itself, accept further gzip members and trailing zero padding.
             if not rest.strip(b"\0"):
                 break
             if rest[:2] != _GZIP_MAGIC:
-                raise DataError(f"{path} has {len(rest):,} bytes of garbage after the gzip "
-                                f"data: the file is corrupt — {fix}")
+                raise DataError(
+                    f"{path} has {len(rest):,} bytes of garbage after the gzip "
+                    f"data: the file is corrupt — {fix}"
+                )
     except zlib.error as error:
         raise DataError(f"{path} is corrupt (gzip: {error}): {fix}") from error
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _tar_members(tar_bytes: bytes, path: Path,
-                 fix: str = REDOWNLOAD) -> dict[str, tarfile.TarInfo]:
+def _tar_members(tar_bytes: bytes, path: Path, fix: str = REDOWNLOAD) -> dict[str, tarfile.TarInfo]:
     """Regular-file members of the tar, by base name (headers only; nothing is extracted)."""
     members: dict[str, tarfile.TarInfo] = {}
     try:
@@ -157,42 +193,58 @@ def _tar_members(tar_bytes: bytes, path: Path,
                 if info.isdir():
                     continue
                 if name in members and name in (*BATCH_FILES, META_FILE):
-                    raise DataError(f"{path} holds more than one {name}: it is not the "
-                                    f"CIFAR-10 binary release — {fix}")
+                    raise DataError(
+                        f"{path} holds more than one {name}: it is not the "
+                        f"CIFAR-10 binary release — {fix}"
+                    )
                 members[name] = info
     except tarfile.TarError as error:
-        raise DataError(f"{path} is not a readable tar archive ({error}): it is truncated or "
-                        f"not {ARCHIVE_NAME} — {fix}") from error
+        raise DataError(
+            f"{path} is not a readable tar archive ({error}): it is truncated or "
+            f"not {ARCHIVE_NAME} — {fix}"
+        ) from error
     for name in (*BATCH_FILES, META_FILE):
         info = members.get(name)
         if info is None:
             continue
         # Only plain file data can be read in place; a link or sparse entry is not CIFAR-10.
         if not info.isreg() or info.issparse():
-            raise DataError(f"{name} in {path} is not a regular file: the archive is not the "
-                            f"CIFAR-10 binary release — {fix}")
+            raise DataError(
+                f"{name} in {path} is not a regular file: the archive is not the "
+                f"CIFAR-10 binary release — {fix}"
+            )
         if info.offset_data + info.size > len(tar_bytes):
-            raise DataError(_size_message(
-                name, max(0, len(tar_bytes) - info.offset_data), f"in {path}",
-                f"the archive is truncated — {fix}"))
+            raise DataError(
+                _size_message(
+                    name,
+                    max(0, len(tar_bytes) - info.offset_data),
+                    f"in {path}",
+                    f"the archive is truncated — {fix}",
+                )
+            )
     return members
 
 
-def _missing_member_message(path: Path, name: str, members: dict[str, tarfile.TarInfo],
-                            fix: str = REDOWNLOAD) -> str:
+def _missing_member_message(
+    path: Path, name: str, members: dict[str, tarfile.TarInfo], fix: str = REDOWNLOAD
+) -> str:
     names = {info.name for info in members.values()}
     if any("cifar-10-batches-py" in n for n in names):
-        return (f"{path} is the Python (pickle) version of CIFAR-10; this project reads the "
-                f"binary version, {ARCHIVE_NAME} ({OFFICIAL_URL}) — download that instead")
+        return (
+            f"{path} is the Python (pickle) version of CIFAR-10; this project reads the "
+            f"binary version, {ARCHIVE_NAME} ({OFFICIAL_URL}) — download that instead"
+        )
     found = ", ".join(sorted(members)[:8]) or "nothing"
-    return (f"{path} has no {name} (it holds: {found}): it is not the CIFAR-10 binary "
-            f"release — {fix}")
+    return (
+        f"{path} has no {name} (it holds: {found}): it is not the CIFAR-10 binary release — {fix}"
+    )
 
 
 def _size_message(name: str, size: int, where: str, fix: str) -> str:
-    return (f"{name} {where} is {size:,} bytes; a CIFAR-10 batch file is {FILE_BYTES:,} bytes "
-            f"({RECORDS_PER_FILE:,} records of {RECORD_BYTES:,}): {fix}")
-
+    return (
+        f"{name} {where} is {size:,} bytes; a CIFAR-10 batch file is {FILE_BYTES:,} bytes "
+        f"({RECORDS_PER_FILE:,} records of {RECORD_BYTES:,}): {fix}"
+    )
 
 
 def read_folder(folder: Path, origin: str = "--data-dir") -> Decoded:
@@ -200,8 +252,9 @@ def read_folder(folder: Path, origin: str = "--data-dir") -> Decoded:
     through ``origin``, for the messages)."""
     # An unpacked folder is always the user's (the trainer only ever downloads the
     # archive): say what to point at, never to delete it.
-    fix = (f"point {origin} at a freshly unpacked {FOLDER_NAME}/ or at {ARCHIVE_NAME} "
-           f"({OFFICIAL_URL})")
+    fix = (
+        f"point {origin} at a freshly unpacked {FOLDER_NAME}/ or at {ARCHIVE_NAME} ({OFFICIAL_URL})"
+    )
     buffers: dict[str, np.ndarray] = {}
     for name in BATCH_FILES:
         file = folder / name
@@ -209,31 +262,48 @@ def read_folder(folder: Path, origin: str = "--data-dir") -> Decoded:
             size = file.stat().st_size
         except FileNotFoundError:
             present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-            raise DataError(f"{name} is missing from {folder} (it holds: "
-                            f"{', '.join(present[:8]) or 'nothing'}): all of "
-                            f"{', '.join(BATCH_FILES)} are needed — {fix}") from None
+            raise DataError(
+                f"{name} is missing from {folder} (it holds: "
+                f"{', '.join(present[:8]) or 'nothing'}): all of "
+                f"{', '.join(BATCH_FILES)} are needed — {fix}"
+            ) from None
         except OSError as error:
             if error.errno == errno.ELOOP:
                 raise DataError(link_loop_message(file, origin)) from None
             raise DataError(f"cannot read {file}: {error.strerror or error}") from error
         # Check the size before reading, so a wrong file is refused without loading it.
         if size != FILE_BYTES:
-            raise DataError(_size_message(name, size, f"in {folder}",
-                                          f"the file is truncated or not CIFAR-10 — {fix}"))
+            raise DataError(
+                _size_message(
+                    name, size, f"in {folder}", f"the file is truncated or not CIFAR-10 — {fix}"
+                )
+            )
         try:
             buffers[name] = np.fromfile(file, dtype=np.uint8)
         except OSError as error:
             raise DataError(f"cannot read {file}: {error.strerror or error}") from error
-        if buffers[name].size != FILE_BYTES:   # changed under our feet
-            raise DataError(_size_message(name, buffers[name].size, f"in {folder}",
-                                          f"the file is truncated or not CIFAR-10 — {fix}"))
+        if buffers[name].size != FILE_BYTES:  # changed under our feet
+            raise DataError(
+                _size_message(
+                    name,
+                    buffers[name].size,
+                    f"in {folder}",
+                    f"the file is truncated or not CIFAR-10 — {fix}",
+                )
+            )
     meta_path = folder / META_FILE
     meta_text = meta_path.read_bytes() if meta_path.is_file() else None
     return _decode(buffers, meta_text, source=folder, fix=fix, md5=None)
 
 
-def _decode(buffers: dict[str, memoryview | np.ndarray], meta_text: bytes | None, *,
-            source: Path, fix: str, md5: str | None) -> Decoded:
+def _decode(
+    buffers: dict[str, memoryview | np.ndarray],
+    meta_text: bytes | None,
+    *,
+    source: Path,
+    fix: str,
+    md5: str | None,
+) -> Decoded:
     """Split records into labels and images: one vectorised copy per batch file.
 
     Each record is 3,073 bytes, so a file viewed as a (10000, 3073) uint8 array has the
@@ -241,31 +311,40 @@ def _decode(buffers: dict[str, memoryview | np.ndarray], meta_text: bytes | None
     1…3072. Copying those columns into a preallocated (N, 3072) array gives contiguous
     (N, 3, 32, 32) images without any per-record work.
     """
+
     def split(names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         count = len(names) * RECORDS_PER_FILE
         images = np.empty((count, IMAGE_BYTES), dtype=np.uint8)
         labels = np.empty(count, dtype=np.int64)
         for index, name in enumerate(names):
             records = np.frombuffer(buffers[name], dtype=np.uint8).reshape(
-                RECORDS_PER_FILE, RECORD_BYTES)
+                RECORDS_PER_FILE, RECORD_BYTES
+            )
             file_labels = records[:, 0]
             bad = np.flatnonzero(file_labels >= NUM_CLASSES)
             if bad.size:
-                raise DataError(f"{name} in {source} has label {int(file_labels[bad[0]])} in "
-                                f"record {int(bad[0]):,} ({bad.size:,} of {RECORDS_PER_FILE:,} "
-                                f"records have a label outside 0–9): it is not CIFAR-10 — "
-                                f"{fix}")
+                raise DataError(
+                    f"{name} in {source} has label {int(file_labels[bad[0]])} in "
+                    f"record {int(bad[0]):,} ({bad.size:,} of {RECORDS_PER_FILE:,} "
+                    f"records have a label outside 0–9): it is not CIFAR-10 — "
+                    f"{fix}"
+                )
             rows = slice(index * RECORDS_PER_FILE, (index + 1) * RECORDS_PER_FILE)
             labels[rows] = file_labels
             images[rows] = records[:, 1:]
-        return (torch.from_numpy(images.reshape(count, *IMAGE_SHAPE)),
-                torch.from_numpy(labels))
+        return (torch.from_numpy(images.reshape(count, *IMAGE_SHAPE)), torch.from_numpy(labels))
 
     train_images, train_labels = split(TRAIN_FILES)
     test_images, test_labels = split((TEST_FILE,))
-    return Decoded(train_images=train_images, train_labels=train_labels,
-                   test_images=test_images, test_labels=test_labels,
-                   classes=_class_names(meta_text), source=source, md5=md5)
+    return Decoded(
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        classes=_class_names(meta_text),
+        source=source,
+        md5=md5,
+    )
 
 
 def _class_names(meta_text: bytes | None) -> list[str]:

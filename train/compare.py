@@ -1,9 +1,12 @@
 """``python -m train compare``: is B better than A? Interleaved runs and Welch's t-test.
 
-A and B are each a string of trainer flags; flags after them apply to both. Runs alternate
-A, B, A, B, … with paired seeds, so drift in the machine (clock boost, heat, other load)
-hits both sides alike. Each side is built and compiled once and reused for all its runs;
-the one-off warm-up is reported apart from the per-run times.
+A and B are each a string of trainer flags; flags after them apply to both. Each side is
+built once and warmed up on throwaway data before any clock (compile, autotune, and the
+one-off costs of a first call on every backend); the warm-up is reported apart from the
+per-run times. Runs pair up seeds (run i of A and of B use the same seed) and go in the
+order A B, B A, A B, B A, …: with an even number of pairs a steady drift of the machine
+(clock boost, heat, other load) lands on both sides alike, and neither side is always
+first. The order is printed and written to the JSON.
 """
 
 from __future__ import annotations
@@ -12,110 +15,233 @@ import argparse
 import json
 import shlex
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
-from train.cli import (EXIT_DATA, EXIT_DIVERGED, EXIT_OK, EXIT_USAGE, _fail, _Parser,
-                       build_parser, config_from_args, load_data)
 from train.config import ConfigError, TrainConfig
+from train.flags import (
+    EXIT_DATA,
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    EXIT_USAGE,
+    Parser,
+    build_parser,
+    config_from_args,
+    fail,
+    load_data,
+    number_type,
+    take_subsets,
+)
+
+#: Flags that only make sense for compare as a whole, not for one side.
+_COMPARE_OWN = ("runs", "json", "plot", "list_presets", "checkpoint", "resume")
 
 
 def _compare_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m train compare",
-                description="Run configurations A and B interleaved and test the difference. "
-                            "Flags after --a/--b/--runs apply to both sides.")
-    p.add_argument("--a", required=True, metavar="FLAGS", help='flags of side A, e.g. '
-                   '"--activation relu"')
+    p = Parser(
+        prog="python -m train compare",
+        description="Run configurations A and B interleaved and test the difference. "
+        "Flags after --a/--b/--runs apply to both sides.",
+    )
+    p.add_argument(
+        "--a", required=True, metavar="FLAGS", help='flags of side A, e.g. "--activation relu"'
+    )
     p.add_argument("--b", required=True, metavar="FLAGS", help="flags of side B")
-    p.add_argument("--runs", type=int, default=5, help="runs per side (default 5)")
+    p.add_argument(
+        "--runs", type=number_type("runs"), default=5, help="runs per side (default 5; at least 2)"
+    )
     p.add_argument("--json", metavar="PATH", help="write both sides' runs and the test here")
     return p
 
 
-def _side_config(flags: str, common: Sequence[str], has_gpu: bool, name: str
-                 ) -> tuple[TrainConfig, str | None]:
-    argv = [*common, *shlex.split(flags)]
-    parser = build_parser()
+def run_order(runs: int) -> list[tuple[int, str]]:
+    """``(run index, side)`` in the order they run: pairs A B, B A, A B, … (ABBA)."""
+    order = []
+    for index in range(runs):
+        pair = ("A", "B") if index % 2 == 0 else ("B", "A")
+        order += [(index, name) for name in pair]
+    return order
+
+
+def _check_common(common: Sequence[str]) -> None:
+    """Parse the flags for both sides on their own, so that a bad one is named as such
+    (not blamed on side A, whose flags come first)."""
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:
-        raise ConfigError(f"side {name}: bad flags {flags!r}") from exit_
-    for forbidden in ("runs", "json", "plot", "list_presets"):
-        if hasattr(args, forbidden) and getattr(args, forbidden):
-            raise ConfigError(f"side {name}: --{forbidden.replace('_', '-')} belongs to "
-                              "compare itself, not to a side")
+        args = build_parser(raise_errors=True).parse_args(list(common))
+    except ConfigError as error:
+        raise ConfigError(f"flags for both sides: {error}") from None
+    _refuse_compare_own(args, "flags for both sides")
+
+
+def _refuse_compare_own(args: argparse.Namespace, where: str) -> None:
+    for name in _COMPARE_OWN:
+        if getattr(args, name, None):
+            raise ConfigError(
+                f"{where}: --{name.replace('_', '-')} belongs to compare itself, not to a side"
+                if name in ("runs", "json")
+                else f"{where}: --{name.replace('_', '-')} is not supported by compare"
+            )
+
+
+def _side_config(
+    flags: str, common: Sequence[str], has_gpu: bool, name: str
+) -> tuple[TrainConfig, str | None]:
+    try:
+        side = shlex.split(flags)
+    except ValueError as error:  # e.g. "No closing quotation"
+        raise ConfigError(
+            f"side {name}: cannot split {flags!r} into flags ({error}); check the quotes"
+        ) from None
+    try:
+        args = build_parser(raise_errors=True).parse_args([*common, *side])
+    except ConfigError as error:
+        raise ConfigError(f"side {name} ({flags!r}): {error}") from None
+    _refuse_compare_own(args, f"side {name}")
     return config_from_args(args, has_gpu=has_gpu)
 
 
 def compare_main(argv: Sequence[str]) -> int:
     import torch
 
-    from train.data import DataError
-    from train.runtime import resolve_runtime
-    from train.stats import format_mean_ci, verdict, welch_test
-    from train.trainer import Trainer, TrainingDiverged
-
     args, common = _compare_parser().parse_known_args(argv)
     if args.runs < 2:
-        return _fail(EXIT_USAGE, "compare needs --runs of at least 2 per side for a t-test")
+        return fail(EXIT_USAGE, "compare needs --runs of at least 2 per side for a t-test")
     has_gpu = torch.cuda.is_available()
     try:
+        _check_common(common)
         config_a, note = _side_config(args.a, common, has_gpu, "A")
         config_b, _ = _side_config(args.b, common, has_gpu, "B")
         if config_a.data_dir != config_b.data_dir:
-            raise ConfigError("A and B must read the same data (--data-dir); put it after "
-                              "--a/--b so it applies to both")
+            raise ConfigError(
+                "A and B must read the same data (--data-dir); put it after "
+                "--a/--b so it applies to both"
+            )
+    except ConfigError as error:
+        return fail(EXIT_USAGE, str(error))
+    from train.outputs import OutputLocks, check_output_file
+
+    with OutputLocks() as locks:
+        try:
+            if args.json:
+                check_output_file(args.json, "--json")
+                locks.acquire(args.json, "--json")
+        except ConfigError as error:
+            return fail(EXIT_USAGE, str(error))
+        return _compare(args, config_a, config_b, note)
+
+
+def _compare(
+    args: argparse.Namespace, config_a: TrainConfig, config_b: TrainConfig, note: str | None
+) -> int:
+    from train.data import DataError
+    from train.runtime import resolve_runtime
+    from train.trainer import Trainer, TrainingDiverged
+
+    try:
         runtime_a, runtime_b = resolve_runtime(config_a), resolve_runtime(config_b)
     except ConfigError as error:
-        return _fail(EXIT_USAGE, str(error))
+        return fail(EXIT_USAGE, str(error))
     if note:
         print(note, flush=True)
     try:
         data = load_data(config_a)
-        data_a = data.subset(config_a.train_subset, config_a.test_subset)
-        data_b = data.subset(config_b.train_subset, config_b.test_subset)
     except DataError as error:
-        return _fail(EXIT_DATA, str(error))
-
-    quiet = (lambda line: None)
-    sides = {"A": [], "B": []}
+        return fail(EXIT_DATA, str(error))
     try:
-        trainers = {"A": Trainer(config_a, runtime_a, data_a, log=quiet),
-                    "B": Trainer(config_b, runtime_b, data_b, log=quiet)}
-        print(f"A: {args.a}\nB: {args.b}\n{args.runs} runs each, interleaved A B A B …; "
-              f"warm-up A {trainers['A'].warmup_time:.1f} s, B {trainers['B'].warmup_time:.1f} s "
-              "(not in the run times)", flush=True)
-        for index in range(args.runs):
-            for name in ("A", "B"):
-                config = config_a if name == "A" else config_b
-                result = trainers[name].run(config.seed + index)
-                sides[name].append(result)
-                print(f"run {index + 1} {name}: test acc {result.test_acc:.4f}, "
-                      f"{result.train_time:.2f} s", flush=True)
+        data_a, data_b = take_subsets(data, config_a), take_subsets(data, config_b)
+    except ConfigError as error:
+        return fail(EXIT_USAGE, str(error))
+
+    def quiet(line: str) -> None:  # compare prints its own one line per run
+        pass
+
+    configs = {"A": config_a, "B": config_b}
+    sides: dict[str, list[Any]] = {"A": [], "B": []}
+    order = run_order(args.runs)
+    try:
+        trainers = {
+            "A": Trainer(config_a, runtime_a, data_a, log=quiet),
+            "B": Trainer(config_b, runtime_b, data_b, log=quiet),
+        }
+        print(
+            f"A: {args.a}\nB: {args.b}\n{args.runs} runs each, in pairs A B, B A, A B, … "
+            f"(seed of pair i: the sides' --seed + i); warm-up A "
+            f"{trainers['A'].warmup_time:.1f} s, B {trainers['B'].warmup_time:.1f} s "
+            "(not in the run times)",
+            flush=True,
+        )
+        for index, name in order:
+            result = trainers[name].run(configs[name].seed + index)
+            sides[name].append(result)
+            print(
+                f"run {index + 1} {name}: test acc {result.test_acc:.4f}, "
+                f"{result.train_time:.2f} s",
+                flush=True,
+            )
+    except ConfigError as error:
+        return fail(EXIT_USAGE, str(error))
     except TrainingDiverged as error:
-        return _fail(EXIT_DIVERGED, str(error))
+        return fail(EXIT_DIVERGED, str(error))
+    except KeyboardInterrupt:
+        done = len(sides["A"]) + len(sides["B"])
+        return fail(
+            EXIT_INTERRUPTED,
+            f"compare interrupted by Ctrl-C after {done} of {len(order)} runs; nothing written",
+        )
+    return _report(args, configs, sides, order)
+
+
+def _report(
+    args: argparse.Namespace,
+    configs: dict[str, TrainConfig],
+    sides: dict[str, list[Any]],
+    order: list[tuple[int, str]],
+) -> int:
+    from train.atomic import write_atomic
+    from train.outputs import write_fallback
+    from train.stats import format_mean_ci, verdict, welch_test
 
     acc = {k: [r.test_acc * 100 for r in v] for k, v in sides.items()}
     sec = {k: [r.train_time for r in v] for k, v in sides.items()}
     print()
     for name in ("A", "B"):
-        print(f"{name}: accuracy {format_mean_ci(acc[name], unit='%')}; "
-              f"time {format_mean_ci(sec[name], unit='s')}")
+        print(
+            f"{name}: accuracy {format_mean_ci(acc[name], unit='%')}; "
+            f"time {format_mean_ci(sec[name], unit='s')}"
+        )
     acc_test, time_test = welch_test(acc["A"], acc["B"]), welch_test(sec["A"], sec["B"])
+    acc_verdict = verdict(acc_test, metric="accuracy", unit="points")
+    time_verdict = verdict(time_test, metric="time", unit="s", better="lower")
     print(f"accuracy: B − A = {acc_test.diff:+.2f} points, Welch p = {acc_test.p:.3g}")
     print(f"time: B − A = {time_test.diff:+.2f} s, Welch p = {time_test.p:.3g}")
-    print("verdict: " + verdict(acc_test, metric="accuracy", unit="points"))
-    print("verdict: " + verdict(time_test, metric="time", unit="s", better="lower"))
-    if args.json:
-        record = {"a": {"flags": args.a, "config": config_a.to_dict(), "test_acc": acc["A"],
-                        "train_time": sec["A"]},
-                  "b": {"flags": args.b, "config": config_b.to_dict(), "test_acc": acc["B"],
-                        "train_time": sec["B"]},
-                  "accuracy": {"diff": acc_test.diff, "p": acc_test.p,
-                               "verdict": verdict(acc_test)},
-                  "time": {"diff": time_test.diff, "p": time_test.p,
-                           "verdict": verdict(time_test, metric="time", unit="s",
-                                              better="lower")}}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(record, indent=2))
-        print(f"wrote {args.json}")
+    print("verdict: " + acc_verdict)
+    print("verdict: " + time_verdict)
+    if not args.json:
+        return EXIT_OK
+    record = {
+        **{
+            key: {
+                "flags": getattr(args, key),
+                "config": configs[name].to_dict(),
+                "test_acc": acc[name],
+                "train_time": sec[name],
+            }
+            for key, name in (("a", "A"), ("b", "B"))
+        },
+        "order": [f"{name}{index + 1}" for index, name in order],
+        "accuracy": {"diff": acc_test.diff, "p": acc_test.p, "verdict": acc_verdict},
+        "time": {"diff": time_test.diff, "p": time_test.p, "verdict": time_verdict},
+    }
+    text = json.dumps(record, indent=2)
+    try:
+        write_atomic(args.json, lambda handle: handle.write(text.encode("utf-8")))
+    except OSError as error:
+        rescue = write_fallback(record, "compare")
+        return fail(
+            EXIT_OUTPUT,
+            f"could not write --json {args.json} "
+            f"({error.strerror or error}); the results are in {rescue}",
+        )
+    print(f"wrote {args.json}")
     return EXIT_OK

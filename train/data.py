@@ -49,16 +49,36 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from train.cifar_format import (ARCHIVE_NAME, BATCH_FILES, DEFAULT_CLASSES, ENV_VAR,
-                                FOLDER_NAME, OFFICIAL_MD5, OFFICIAL_URL, DataError, DataNotice,
-                                link_loop_message)
+from train.cifar_format import (
+    ARCHIVE_NAME,
+    BATCH_FILES,
+    DEFAULT_CLASSES,
+    ENV_VAR,
+    FOLDER_NAME,
+    OFFICIAL_MD5,
+    OFFICIAL_URL,
+    DataError,
+    DataNotice,
+    link_loop_message,
+)
 from train.cifar_reader import REDOWNLOAD, Decoded, read_archive, read_folder
 from train.download import DOWNLOAD_TIMEOUT_S, download_archive, log_stderr
 
 __all__ = [
-    "ARCHIVE_NAME", "BATCH_FILES", "DEFAULT_CLASSES", "ENV_VAR", "FOLDER_NAME", "OFFICIAL_MD5",
-    "OFFICIAL_URL", "Cifar10", "DataError", "DataNotice", "default_cache_dir",
-    "download_archive", "load_cifar10", "resolve_data_dir",
+    "ARCHIVE_NAME",
+    "BATCH_FILES",
+    "DEFAULT_CLASSES",
+    "ENV_VAR",
+    "FOLDER_NAME",
+    "OFFICIAL_MD5",
+    "OFFICIAL_URL",
+    "Cifar10",
+    "DataError",
+    "DataNotice",
+    "default_cache_dir",
+    "download_archive",
+    "load_cifar10",
+    "resolve_data_dir",
 ]
 
 # The origin named in messages about the default location; a bad archive there is the
@@ -67,6 +87,7 @@ _CACHE_ORIGIN = "the default cache folder"
 
 
 # --- the data set ---------------------------------------------------------------------------
+
 
 @dataclass
 class Cifar10:
@@ -107,9 +128,13 @@ class Cifar10:
             return tensor.to(device, non_blocking=non_blocking)
 
         return dataclasses.replace(
-            self, train_images=move(self.train_images), train_labels=move(self.train_labels),
-            test_images=move(self.test_images), test_labels=move(self.test_labels),
-            classes=list(self.classes))
+            self,
+            train_images=move(self.train_images),
+            train_labels=move(self.train_labels),
+            test_images=move(self.test_images),
+            test_labels=move(self.test_labels),
+            classes=list(self.classes),
+        )
 
     def subset(self, train_n: int | None = None, test_n: int | None = None) -> Cifar10:
         """The first ``train_n`` training and first ``test_n`` test images (None: all).
@@ -120,10 +145,13 @@ class Cifar10:
         train_count = _subset_count("train", train_n, self.train_images.shape[0])
         test_count = _subset_count("test", test_n, self.test_images.shape[0])
         return dataclasses.replace(
-            self, train_images=self.train_images[:train_count],
+            self,
+            train_images=self.train_images[:train_count],
             train_labels=self.train_labels[:train_count],
-            test_images=self.test_images[:test_count], test_labels=self.test_labels[:test_count],
-            classes=list(self.classes))
+            test_images=self.test_images[:test_count],
+            test_labels=self.test_labels[:test_count],
+            classes=list(self.classes),
+        )
 
 
 def _subset_count(split: str, n: int | None, available: int) -> int:
@@ -133,12 +161,15 @@ def _subset_count(split: str, n: int | None, available: int) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise DataError(f"--{split}-subset must be a whole number of images, got {n!r}")
     if not 1 <= n <= available:
-        raise DataError(f"--{split}-subset {n:,} is out of range: the {split} set has "
-                        f"{available:,} images; use 1 to {available:,} (or leave it out for all)")
+        raise DataError(
+            f"--{split}-subset {n:,} is out of range: the {split} set has "
+            f"{available:,} images; use 1 to {available:,} (or leave it out for all)"
+        )
     return int(n)
 
 
 # --- where the data lives -------------------------------------------------------------------
+
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/resnet9-speedrun/cifar10``, else ``~/.cache/resnet9-speedrun/cifar10``."""
@@ -185,8 +216,7 @@ def _probe(path: Path, origin: str) -> os.stat_result | None:
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise DataError(link_loop_message(path, origin)) from None
-        raise DataError(f"cannot read {path} (from {origin}): {error.strerror or error}") \
-            from None
+        raise DataError(f"cannot read {path} (from {origin}): {error.strerror or error}") from None
 
 
 def _locate(root: Path, origin: str) -> tuple[str, Path] | None:
@@ -209,8 +239,9 @@ def _locate(root: Path, origin: str) -> tuple[str, Path] | None:
         return "folder", root / FOLDER_NAME
     # The batches folder itself (also under another name, as long as it holds batch files;
     # a partial one is then reported file by file rather than downloaded over).
-    if root.name == FOLDER_NAME or any(_probe(root / name, origin) is not None
-                                       for name in BATCH_FILES):
+    if root.name == FOLDER_NAME or any(
+        _probe(root / name, origin) is not None for name in BATCH_FILES
+    ):
         return "folder", root
     return None
 
@@ -224,10 +255,16 @@ def _download_target(root: Path) -> Path:
 
 # --- loading --------------------------------------------------------------------------------
 
-def load_cifar10(data_dir: str | os.PathLike[str] | None = None, *, download: bool = True,
-                 url: str = OFFICIAL_URL, expected_md5: str = OFFICIAL_MD5,
-                 timeout: float = DOWNLOAD_TIMEOUT_S,
-                 log: Callable[[str], None] | None = log_stderr) -> Cifar10:
+
+def load_cifar10(
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    download: bool = True,
+    url: str = OFFICIAL_URL,
+    expected_md5: str = OFFICIAL_MD5,
+    timeout: float = DOWNLOAD_TIMEOUT_S,
+    log: Callable[[str], None] | None = log_stderr,
+) -> Cifar10:
     """Load CIFAR-10 (downloading it first if it is missing and ``download`` is true).
 
     Args:
@@ -253,14 +290,24 @@ def load_cifar10(data_dir: str | os.PathLike[str] | None = None, *, download: bo
     downloaded = False
     if found is None:
         target = _download_target(root)
-        where = (f"Put {ARCHIVE_NAME} (from {url}) at {target}, or point --data-dir or the "
-                 f"{ENV_VAR} environment variable at a folder that holds it or holds "
-                 f"{FOLDER_NAME}/.")
+        where = (
+            f"Put {ARCHIVE_NAME} (from {url}) at {target}, or point --data-dir or the "
+            f"{ENV_VAR} environment variable at a folder that holds it or holds "
+            f"{FOLDER_NAME}/."
+        )
         if not download:
-            raise DataError(f"CIFAR-10 is not at {root} (from {origin}) and downloading is "
-                            f"off (--no-download). {where}")
-        download_archive(target, url=url, expected_md5=expected_md5, timeout=timeout,
-                         log=log, missing_at=f"{root} (from {origin})")
+            raise DataError(
+                f"CIFAR-10 is not at {root} (from {origin}) and downloading is "
+                f"off (--no-download). {where}"
+            )
+        download_archive(
+            target,
+            url=url,
+            expected_md5=expected_md5,
+            timeout=timeout,
+            log=log,
+            missing_at=f"{root} (from {origin})",
+        )
         found, downloaded = ("archive", target), True
     kind, path = found
     if kind == "archive":
@@ -268,10 +315,14 @@ def load_cifar10(data_dir: str | os.PathLike[str] | None = None, *, download: bo
     else:
         data = _record(read_folder(path, origin))
     if data.official is False:
-        warnings.warn(DataNotice(
-            f"{path} has md5 {data.md5}, not the official release's {OFFICIAL_MD5}: this "
-            "copy is not byte-identical to the official CIFAR-10, so accuracy measured on it is "
-            "not comparable with published figures"), stacklevel=2)
+        warnings.warn(
+            DataNotice(
+                f"{path} has md5 {data.md5}, not the official release's {OFFICIAL_MD5}: this "
+                "copy is not byte-identical to the official CIFAR-10, so accuracy measured on it "
+                "is not comparable with published figures"
+            ),
+            stacklevel=2,
+        )
     return data
 
 
@@ -281,15 +332,23 @@ def _archive_fix(origin: str, *, own: bool) -> str:
     file is the user's, so only say what to point at, never to delete or replace it."""
     if own or origin == _CACHE_ORIGIN:
         return REDOWNLOAD
-    return (f"point {origin} at a complete copy of {ARCHIVE_NAME} ({OFFICIAL_URL}) or a "
-            "folder that holds it")
+    return (
+        f"point {origin} at a complete copy of {ARCHIVE_NAME} ({OFFICIAL_URL}) or a "
+        "folder that holds it"
+    )
 
 
 def _record(decoded: Decoded) -> Cifar10:
     """The :class:`Cifar10` for what a reader decoded, with its provenance judged: an
     archive's md5 is official or not; a folder has no md5, so that stays unknown."""
     official = None if decoded.md5 is None else decoded.md5 == OFFICIAL_MD5
-    return Cifar10(train_images=decoded.train_images, train_labels=decoded.train_labels,
-                   test_images=decoded.test_images, test_labels=decoded.test_labels,
-                   classes=decoded.classes, source=str(decoded.source), md5=decoded.md5,
-                   official=official)
+    return Cifar10(
+        train_images=decoded.train_images,
+        train_labels=decoded.train_labels,
+        test_images=decoded.test_images,
+        test_labels=decoded.test_labels,
+        classes=decoded.classes,
+        source=str(decoded.source),
+        md5=decoded.md5,
+        official=official,
+    )

@@ -34,10 +34,25 @@ from torch import nn
 
 from train.config import DISTRIBUTE_CHOICES, ConfigError
 
-__all__ = ["DISTRIBUTE_CHOICES", "Distributed", "all_reduce_min", "all_reduce_sum",
-           "average_running_stats", "broadcast_state", "gather_objects", "init_distributed",
-           "launched_by_torchrun", "per_rank_batch", "rank_device", "rank_range",
-           "rank_slice", "runs_of_rank", "shutdown", "wait_for_all", "wrap_ddp"]
+__all__ = [
+    "DISTRIBUTE_CHOICES",
+    "Distributed",
+    "all_reduce_min",
+    "all_reduce_sum",
+    "average_running_stats",
+    "broadcast_state",
+    "gather_objects",
+    "init_distributed",
+    "launched_by_torchrun",
+    "per_rank_batch",
+    "rank_device",
+    "rank_range",
+    "rank_slice",
+    "runs_of_rank",
+    "shutdown",
+    "wait_for_all",
+    "wrap_ddp",
+]
 
 
 @dataclass(frozen=True)
@@ -86,21 +101,24 @@ def rank_device(requested: str, ctx: Distributed) -> str:
 def per_rank_batch(batch_size: int, ghost_batch: int, ctx: Distributed) -> int:
     """The slice of each global batch one rank trains on; it must hold whole ghost splits."""
     if batch_size % ctx.world_size:
-        raise ConfigError(f"--batch-size {batch_size} does not split over {ctx.world_size} "
-                          "processes: use a multiple of the process count")
+        raise ConfigError(
+            f"--batch-size {batch_size} does not split over {ctx.world_size} "
+            "processes: use a multiple of the process count"
+        )
     local = batch_size // ctx.world_size
     if ghost_batch and local % ghost_batch:
         raise ConfigError(
             f"each of the {ctx.world_size} processes gets {local} images per batch, which is "
             f"not a whole number of ghost-BN splits of {ghost_batch}: use --batch-size a "
-            f"multiple of {ghost_batch * ctx.world_size}")
+            f"multiple of {ghost_batch * ctx.world_size}"
+        )
     return local
 
 
 def rank_slice(global_batch: torch.Tensor, ctx: Distributed) -> torch.Tensor:
     """This rank's contiguous share of a global batch's indices (B,) → (B/K,)."""
     share = global_batch.shape[0] // ctx.world_size
-    return global_batch[ctx.rank * share:(ctx.rank + 1) * share]
+    return global_batch[ctx.rank * share : (ctx.rank + 1) * share]
 
 
 def rank_range(count: int, ctx: Distributed) -> slice:
@@ -145,7 +163,7 @@ def broadcast_state(model: nn.Module) -> None:
     for tensor in model.state_dict().values():
         if tensor.is_contiguous():
             dist.broadcast(tensor, src=0)
-        else:   # channels_last conv weights: collectives want a dense row-major buffer
+        else:  # channels_last conv weights: collectives want a dense row-major buffer
             dense = tensor.contiguous()
             dist.broadcast(dense, src=0)
             tensor.copy_(dense)
@@ -176,9 +194,11 @@ def wrap_ddp(model: nn.Module, ctx: Distributed, device: torch.device) -> nn.Mod
     ddp = nn.parallel.DistributedDataParallel
     # Newer torch deprecates broadcast_buffers for forward_sync_buffers (buffers still synced
     # once at construction, which is harmless: every rank builds the same model).
-    no_sync = ("forward_sync_buffers"
-               if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
-               else "broadcast_buffers")
+    no_sync = (
+        "forward_sync_buffers"
+        if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+        else "broadcast_buffers"
+    )
     return ddp(model, device_ids=ids, **{no_sync: False})
 
 

@@ -65,11 +65,15 @@ def _remove_folders(created: list[Path]) -> None:
             return
 
 
-def download_archive(dest: str | os.PathLike[str], *, url: str = OFFICIAL_URL,
-                     expected_md5: str | None = OFFICIAL_MD5,
-                     timeout: float = DOWNLOAD_TIMEOUT_S,
-                     log: Callable[[str], None] | None = log_stderr,
-                     missing_at: str | None = None) -> Path:
+def download_archive(
+    dest: str | os.PathLike[str],
+    *,
+    url: str = OFFICIAL_URL,
+    expected_md5: str | None = OFFICIAL_MD5,
+    timeout: float = DOWNLOAD_TIMEOUT_S,
+    log: Callable[[str], None] | None = log_stderr,
+    missing_at: str | None = None,
+) -> Path:
     """Download ``url`` to ``dest`` safely; returns ``dest``.
 
     The bytes go to a hidden temporary file in ``dest``'s folder (same file system, so the
@@ -83,19 +87,22 @@ def download_archive(dest: str | os.PathLike[str], *, url: str = OFFICIAL_URL,
             or wrong md5; the message gives the exact path to put the archive at.
     """
     dest = Path(dest).expanduser().absolute()
-    place = (f"download {ARCHIVE_NAME} yourself (from {url}) and put it at {dest}, or point "
-             f"--data-dir or the {ENV_VAR} environment variable at a folder that holds it")
+    place = (
+        f"download {ARCHIVE_NAME} yourself (from {url}) and put it at {dest}, or point "
+        f"--data-dir or the {ENV_VAR} environment variable at a folder that holds it"
+    )
     missing = f"CIFAR-10 is not at {missing_at}; " if missing_at else ""
     created: list[Path] = []
     try:
         created = _make_folders(dest.parent)
-        fd, temp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.",
-                                         suffix=".part")
+        fd, temp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     except OSError as error:
         _remove_folders(created)
-        raise DataError(f"{missing}cannot download it into {dest.parent} "
-                        f"({error.strerror or error}): {place} (a writable folder)") from error
-    except BaseException:   # Ctrl-C between the two
+        raise DataError(
+            f"{missing}cannot download it into {dest.parent} "
+            f"({error.strerror or error}): {place} (a writable folder)"
+        ) from error
+    except BaseException:  # Ctrl-C between the two
         _remove_folders(created)
         raise
     temp = Path(temp_name)
@@ -115,33 +122,46 @@ def download_archive(dest: str | os.PathLike[str], *, url: str = OFFICIAL_URL,
                         hasher.update(chunk)
                         out.write(chunk)
                         received += len(chunk)
-            except (urllib.error.URLError, http.client.HTTPException, TimeoutError,
-                    ConnectionError, ValueError) as error:
+            except (
+                urllib.error.URLError,
+                http.client.HTTPException,
+                TimeoutError,
+                ConnectionError,
+                ValueError,
+            ) as error:
                 reason = getattr(error, "reason", None) or error
-                raise DataError(f"{missing}downloading it from {url} failed ({reason}): "
-                                f"{place}") from error
+                raise DataError(
+                    f"{missing}downloading it from {url} failed ({reason}): {place}"
+                ) from error
             if expected_length is not None and received != expected_length:
-                raise DataError(f"the download from {url} stopped after {received:,} of "
-                                f"{expected_length:,} bytes; nothing was saved: try again, or "
-                                f"{place}")
+                raise DataError(
+                    f"the download from {url} stopped after {received:,} of "
+                    f"{expected_length:,} bytes; nothing was saved: try again, or "
+                    f"{place}"
+                )
             out.flush()
-            os.fsync(out.fileno())   # the rename must not outlive the data after a crash
+            os.fsync(out.fileno())  # the rename must not outlive the data after a crash
         digest = hasher.hexdigest()
         if expected_md5 and digest != expected_md5.lower():
-            raise DataError(f"the download from {url} has md5 {digest}, not the expected "
-                            f"{expected_md5.lower()}: it is corrupt or not {ARCHIVE_NAME}; "
-                            f"nothing was saved: try again, or {place}")
+            raise DataError(
+                f"the download from {url} has md5 {digest}, not the expected "
+                f"{expected_md5.lower()}: it is corrupt or not {ARCHIVE_NAME}; "
+                f"nothing was saved: try again, or {place}"
+            )
         os.replace(temp, dest)
         saved = True
-    except OSError as error:   # disk full, folder removed, ... while writing
-        raise DataError(f"{missing}saving the download to {dest} failed "
-                        f"({error.strerror or error}): {place}") from error
+    except OSError as error:  # disk full, folder removed, ... while writing
+        raise DataError(
+            f"{missing}saving the download to {dest} failed ({error.strerror or error}): {place}"
+        ) from error
     finally:
-        if not saved:   # whatever stopped it, DataError, Ctrl-C or anything else
+        if not saved:  # whatever stopped it, DataError, Ctrl-C or anything else
             with contextlib.suppress(OSError):
                 temp.unlink(missing_ok=True)
             _remove_folders(created)
     if log:
-        log(f"downloaded {received / 2**20:.0f} MiB in {time.perf_counter() - started:.1f} s "
-            f"(md5 {digest})")
+        log(
+            f"downloaded {received / 2**20:.0f} MiB in {time.perf_counter() - started:.1f} s "
+            f"(md5 {digest})"
+        )
     return dest

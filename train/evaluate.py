@@ -25,7 +25,9 @@ class Evaluation:
         return self.loss_sum.item() / self.count, self.correct.item() / self.count
 
 
-def tta_logits(model: nn.Module, inputs: torch.Tensor, flipped: torch.Tensor | None) -> torch.Tensor:
+def tta_logits(
+    model: nn.Module, inputs: torch.Tensor, flipped: torch.Tensor | None
+) -> torch.Tensor:
     """Logits of ``inputs``, averaged with those of their mirror images when given.
 
     ``inputs`` and ``flipped``: (B, 3, H, W) network inputs; returns float32 (B, K).
@@ -37,9 +39,20 @@ def tta_logits(model: nn.Module, inputs: torch.Tensor, flipped: torch.Tensor | N
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, tta: bool,
-             mean: Sequence[float], std: Sequence[float], dtype: torch.dtype, backend: str,
-             batch_size: int, smoothing: float, autocast) -> Evaluation:
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    tta: bool,
+    mean: Sequence[float],
+    std: Sequence[float],
+    dtype: torch.dtype,
+    backend: str,
+    batch_size: int,
+    smoothing: float,
+    autocast,
+) -> Evaluation:
     """Evaluate ``model`` (already in eval mode) on uint8 ``images`` (N, 3, H, W) and int64
     ``labels`` (N,) on the device. The loss is the training objective (label-smoothed) per
     image, so train and test losses compare directly."""
@@ -52,11 +65,19 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, tt
         n = indices.shape[0]
         no_crop = torch.zeros(n, 2, dtype=torch.int64, device=device)
         no_flip = torch.zeros(n, dtype=torch.bool, device=device)
-        common = dict(cutout_size=0, pad=0, mean=mean, std=std, out_dtype=dtype,
-                      backend=backend, validate=False)
+        common = dict(
+            cutout_size=0,
+            pad=0,
+            mean=mean,
+            std=std,
+            out_dtype=dtype,
+            backend=backend,
+            validate=False,
+        )
         inputs = kernels.augment(images, indices, no_crop, no_flip, no_crop, **common)
-        flipped = (kernels.augment(images, indices, no_crop, ~no_flip, no_crop, **common)
-                   if tta else None)
+        flipped = (
+            kernels.augment(images, indices, no_crop, ~no_flip, no_crop, **common) if tta else None
+        )
         with autocast:
             logits = tta_logits(model, inputs, flipped)
         target = labels[indices]

@@ -42,8 +42,10 @@ def _save(fig: Any, path: PathLike) -> str:
 
 # ---- training curves ---------------------------------------------------------------------
 
-def _series(history: Sequence[dict[str, Any]], key: str, x_key: str = "epoch"
-            ) -> tuple[list[float], list[float]]:
+
+def _series(
+    history: Sequence[dict[str, Any]], key: str, x_key: str = "epoch"
+) -> tuple[list[float], list[float]]:
     """(x, y) for entries where ``key`` has a value (test metrics may be None or absent)."""
     xs, ys = [], []
     for entry in history:
@@ -54,8 +56,13 @@ def _series(history: Sequence[dict[str, Any]], key: str, x_key: str = "epoch"
     return xs, ys
 
 
-def plot_curves(histories: Sequence[Sequence[dict[str, Any]]], path: PathLike, *,
-                labels: Sequence[str] | None = None, title: str | None = None) -> str:
+def plot_curves(
+    histories: Sequence[Sequence[dict[str, Any]]],
+    path: PathLike,
+    *,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> str:
     """Loss, accuracy, learning rate and accuracy-against-time of several runs, overlaid.
 
     Args:
@@ -89,18 +96,19 @@ def plot_curves(histories: Sequence[Sequence[dict[str, Any]]], path: PathLike, *
         x, y = _series(history, "train_acc")
         ax_acc.plot(x, [v * acc_scale for v in y], "-", color=colour, label=f"{label} train")
         x, y = _series(history, "test_acc")
-        ax_acc.plot(x, [v * acc_scale for v in y], "--o", color=colour, markersize=3,
-                    label=f"{label} test")
+        ax_acc.plot(
+            x, [v * acc_scale for v in y], "--o", color=colour, markersize=3, label=f"{label} test"
+        )
         x, y = _series(history, "lr")
         ax_lr.plot(x, y, "-", color=colour, label=label)
         x, y = _series(history, "test_acc", x_key="total_time")
-        ax_time.plot(x, [v * acc_scale for v in y], "--o", color=colour, markersize=3,
-                     label=label)
+        ax_time.plot(x, [v * acc_scale for v in y], "--o", color=colour, markersize=3, label=label)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss (train solid, test dashed)")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning-rate schedule")
-    ax_time.set(xlabel="training time (s)", ylabel="test accuracy (%)",
-                title="test accuracy against time")
+    ax_time.set(
+        xlabel="training time (s)", ylabel="test accuracy (%)", title="test accuracy against time"
+    )
     for ax in (ax_loss, ax_acc, ax_lr, ax_time):
         ax.grid(True, alpha=0.3)
     # One legend is enough when runs are many; the colours repeat across panels.
@@ -113,10 +121,19 @@ def plot_curves(histories: Sequence[Sequence[dict[str, Any]]], path: PathLike, *
 
 # ---- augmentations -----------------------------------------------------------------------
 
-def augmentation_views(images_uint8: torch.Tensor, *, n_images: int = 8, n_views: int = 4,
-                       pad: int = 4, cutout_size: int = 8, flip: bool = True,
-                       mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD,
-                       seed: int = 0) -> torch.Tensor:
+
+def augmentation_views(
+    images_uint8: torch.Tensor,
+    *,
+    n_images: int = 8,
+    n_views: int = 4,
+    pad: int = 4,
+    cutout_size: int = 8,
+    flip: bool = True,
+    mean: Sequence[float] = CIFAR10_MEAN,
+    std: Sequence[float] = CIFAR10_STD,
+    seed: int = 0,
+) -> torch.Tensor:
     """The first ``n_images`` images under ``n_views`` independent random augmentations.
 
     Parameters are drawn with ``kernels.random_augment_params`` and applied by
@@ -126,8 +143,10 @@ def augmentation_views(images_uint8: torch.Tensor, *, n_images: int = 8, n_views
     from kernels import augment, random_augment_params
 
     if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4:
-        raise ValueError("images must be a uint8 (N, C, H, W) tensor; got "
-                         f"{images_uint8.dtype} {tuple(images_uint8.shape)}")
+        raise ValueError(
+            "images must be a uint8 (N, C, H, W) tensor; got "
+            f"{images_uint8.dtype} {tuple(images_uint8.shape)}"
+        )
     data = images_uint8[:n_images].cpu().contiguous()
     n, _, height, width = data.shape
     generator = torch.Generator().manual_seed(seed)
@@ -136,20 +155,46 @@ def augmentation_views(images_uint8: torch.Tensor, *, n_images: int = 8, n_views
     views = []
     for _ in range(n_views):
         crop, flips, cutout = random_augment_params(
-            n, pad=pad, cutout_size=cutout_size, height=height, width=width, flip=flip,
-            generator=generator)
-        out = augment(data, torch.arange(n), crop, flips, cutout, cutout_size=cutout_size,
-                      pad=pad, mean=mean, std=std, out_dtype=torch.float32, backend="eager")
+            n,
+            pad=pad,
+            cutout_size=cutout_size,
+            height=height,
+            width=width,
+            flip=flip,
+            generator=generator,
+        )
+        out = augment(
+            data,
+            torch.arange(n),
+            crop,
+            flips,
+            cutout,
+            cutout_size=cutout_size,
+            pad=pad,
+            mean=mean,
+            std=std,
+            out_dtype=torch.float32,
+            backend="eager",
+        )
         # Undo the normalisation: cutout's zeros come back as the mean colour, as in the seed.
         views.append(((out.float() * std_t + mean_t) / 255.0).clamp(0, 1).contiguous())
     return torch.stack(views)
 
 
-def plot_augmentations(images_uint8: torch.Tensor, path: PathLike, *, n_images: int = 8,
-                       n_views: int = 4, pad: int = 4, cutout_size: int = 8, flip: bool = True,
-                       mean: Sequence[float] = CIFAR10_MEAN,
-                       std: Sequence[float] = CIFAR10_STD, seed: int = 0,
-                       titles: Sequence[str] | None = None) -> str:
+def plot_augmentations(
+    images_uint8: torch.Tensor,
+    path: PathLike,
+    *,
+    n_images: int = 8,
+    n_views: int = 4,
+    pad: int = 4,
+    cutout_size: int = 8,
+    flip: bool = True,
+    mean: Sequence[float] = CIFAR10_MEAN,
+    std: Sequence[float] = CIFAR10_STD,
+    seed: int = 0,
+    titles: Sequence[str] | None = None,
+) -> str:
     """A grid of the same images (columns) under several random augmentations (rows).
 
     The first row is the original images; each further row is one draw of crop (reflect
@@ -157,9 +202,17 @@ def plot_augmentations(images_uint8: torch.Tensor, path: PathLike, *, n_images: 
     random augmentations of the same images. ``titles`` (e.g. class names) label columns.
     Returns the path written.
     """
-    views = augmentation_views(images_uint8, n_images=n_images, n_views=n_views, pad=pad,
-                               cutout_size=cutout_size, flip=flip, mean=mean, std=std,
-                               seed=seed)
+    views = augmentation_views(
+        images_uint8,
+        n_images=n_images,
+        n_views=n_views,
+        pad=pad,
+        cutout_size=cutout_size,
+        flip=flip,
+        mean=mean,
+        std=std,
+        seed=seed,
+    )
     originals = images_uint8[:n_images].cpu().float() / 255.0
     rows = [originals] + list(views)
     n = originals.shape[0]
@@ -183,8 +236,10 @@ def plot_augmentations(images_uint8: torch.Tensor, path: PathLike, *, n_images: 
 
 # ---- whitening filters -------------------------------------------------------------------
 
-def plot_whitening(filters: torch.Tensor, eigenvalues: torch.Tensor, path: PathLike, *,
-                   per_row: int = 9) -> str:
+
+def plot_whitening(
+    filters: torch.Tensor, eigenvalues: torch.Tensor, path: PathLike, *, per_row: int = 9
+) -> str:
     """The 3×3 eigen-patches of the whitening layer, each with both signs, as in the seed.
 
     Args:
@@ -216,14 +271,15 @@ def plot_whitening(filters: torch.Tensor, eigenvalues: torch.Tensor, path: PathL
         g, c = divmod(i, cols)
         for sign, row in ((1, 2 * g), (-1, 2 * g + 1)):
             ax = axes[row][c]
-            ax.imshow((0.5 + sign * v).clamp(0, 1).permute(1, 2, 0).numpy(),
-                      interpolation="nearest")
+            ax.imshow(
+                (0.5 + sign * v).clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest"
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             if sign == 1:
                 scale = math.sqrt(max(float(eigenvalues[i]), 0.0))
                 ax.set_title(f"{i + 1} ({scale:.2f})", fontsize="small")
-    for j in range(k, groups * cols):      # empty cells of the last row
+    for j in range(k, groups * cols):  # empty cells of the last row
         g, c = divmod(j, cols)
         axes[2 * g][c].axis("off")
         axes[2 * g + 1][c].axis("off")

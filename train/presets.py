@@ -37,12 +37,9 @@ Numbers that the shared docs do not spell out, and how they were settled:
   of 13: ``floor_epochs=2`` is set explicitly (13/5 = 2.6 would differ). At the ``tta``
   step (10 epochs) the config default ``epochs/5`` gives the same 2 epochs, so that step
   sets ``floor_epochs`` back to ``None`` — a change of the field, not of the schedule.
-* **GPU data.** TrainConfig has no field for where preprocessing and augmentation run (this
-  project's trainer always keeps the uint8 data on the device). The baseline records the
-  seed's CPU data path as ``extra={"gpu_data": False}``; the ``gpu-data`` step removes it
-  (``extra={}``), because on-device data is the default. Read it with
-  :func:`data_on_device`; when the trainer grows a ``data_on_device`` field, only
-  ``BASELINE_CHANGES`` and the ``gpu-data`` step need to change.
+* **GPU data.** The baseline sets ``gpu_data=False``: the seed's CPU data path, where the
+  training set stays on the host, is augmented there and each batch is moved to the device.
+  The ``gpu-data`` step turns it back on (the default).
 * EMA's ``ema_every=5`` and ``ema_momentum=0.99`` are the config's defaults at every step
   (they only act once ``ema`` is on), so the EMA step changes ``ema`` itself.
 """
@@ -59,12 +56,13 @@ from typing import Any
 from train.config import ConfigError, TrainConfig
 
 __all__ = [
-    "BASELINE_CHANGES", "GPU_DATA_KEY", "PRESETS", "Preset", "data_on_device",
-    "describe_presets", "diff_configs", "preset_config",
+    "BASELINE_CHANGES",
+    "PRESETS",
+    "Preset",
+    "describe_presets",
+    "diff_configs",
+    "preset_config",
 ]
-
-#: Key in ``TrainConfig.extra`` for where preprocessing and augmentation run (see module doc).
-GPU_DATA_KEY = "gpu_data"
 
 
 @dataclass(frozen=True)
@@ -100,68 +98,124 @@ class Preset:
 BASELINE_CHANGES: dict[str, Any] = {
     "epochs": 24,
     "lr": 0.4,
-    "warmup_epochs": 5.0,          # knots (0, 0), (5, 0.4), (24, 0): 5 epochs, not 24/5
-    "lr_floor": 0.0,               # linear decay to zero at the end ...
-    "floor_epochs": 0.0,           # ... with no flat tail
+    "warmup_epochs": 5.0,  # knots (0, 0), (5, 0.4), (24, 0): 5 epochs, not 24/5
+    "lr_floor": 0.0,  # linear decay to zero at the end ...
+    "floor_epochs": 0.0,  # ... with no flat tail
     "bias_lr_mult": 1.0,
     "bias_wd_div": 1.0,
     "label_smoothing": 0.0,
     "activation": "relu",
-    "ghost_batch": 0,              # plain batch norm over the whole batch of 512
+    "ghost_batch": 0,  # plain batch norm over the whole batch of 512
     "frozen_bn_scale": False,
     "pool_before_bn": False,
-    "whitening": False,            # a learnable 3×3 conv 3→64 as the prep layer
+    "whitening": False,  # a learnable 3×3 conv 3→64 as the prep layer
     "output_scale": 0.125,
     "cutout": 8,
     "ema": False,
     "tta": False,
-    "extra": {GPU_DATA_KEY: False},
+    "gpu_data": False,
 }
 
 # (name, seed epochs, seed acc %, seed V100 s, description, changes, note), in ladder order.
 _STEPS: tuple[tuple[str, int, float, float, str, dict[str, Any], str], ...] = (
-    ("baseline", 24, 94.1, 75.0,
-     "earlier DAWNBench entry: ReLU, plain BN, pool after BN, cutout 8, lr 0.4",
-     BASELINE_CHANGES,
-     "schedule (0,0),(5,0.4),(24,0) per example (÷ batch size); time 'about 75 s'"),
-    ("gpu-data", 24, 94.1, 70.0,
-     "preprocessing and augmentation on the device",
-     {"extra": {}},
-     "no network change; this trainer always keeps the data on the device"),
-    ("pool-before-bn", 25, 94.1, 64.0,
-     "max-pool before batch norm, +1 epoch",
-     {"pool_before_bn": True, "epochs": 25},
-     "alone it costs 0.1% (94.0% at 24 epochs); the extra epoch buys it back"),
-    ("label-smoothing", 23, 94.1, 59.0,
-     "label smoothing 0.2; warm-up scaled with epochs (epochs/5)",
-     {"label_smoothing": 0.2, "epochs": 23, "warmup_epochs": None},
-     "94.2% at 25 epochs; assumption: warm-up 23/5 = 4.6 epochs"),
-    ("celu", 20, 94.1, 52.0,
-     "CELU activation, alpha 0.075",
-     {"activation": "celu", "celu_alpha": 0.075, "epochs": 20},
-     "94.3% at 23 epochs"),
-    ("ghost-bn", 18, 94.1, 46.0,
-     "ghost batch norm, 32 images per split; peak lr x1.5",
-     {"ghost_batch": 32, "lr": 0.6, "epochs": 18},
-     "94.2% at 20 epochs before the lr increase"),
-    ("frozen-scales", 17, 94.1, 43.0,
-     "BN scales frozen at 1: CELU alpha x4, bias lr x64 and wd /64, output x1/16",
-     {"frozen_bn_scale": True, "celu_alpha": 0.3, "bias_lr_mult": 64.0,
-      "bias_wd_div": 64.0, "output_scale": 1 / 16, "epochs": 17},
-     "bias lr x16 (= 4^2) gives 94.2% at 18 epochs, another x4 helps a little more"),
-    ("whitening", 15, 94.1, 36.0,
-     "fixed 3x3 patch-whitening conv; peak lr ~x1.5 (0.6 -> 1.0); cutout 5x5",
-     {"whitening": True, "lr": 1.0, "cutout": 5, "epochs": 15},
-     "94.4% at 17 epochs, 94.1% at 15 (39 s) before the lr and cutout change; "
-     "assumption: '~50%' = 0.6 -> 1.0, the final recipe's peak"),
-    ("ema", 13, 94.1, 34.0,
-     "EMA of the weights every 5 steps (0.99); lr floored at 0.1 for the last 2 epochs",
-     {"ema": True, "lr_floor": 0.1, "floor_epochs": 2.0, "epochs": 13},
-     "94.3% at 15 epochs"),
-    ("tta", 10, 94.1, 26.0,
-     "flip test-time augmentation; no cutout (the final recipe)",
-     {"tta": True, "cutout": 0, "epochs": 10, "floor_epochs": None},
-     "94.6% at 13 epochs with TTA; floor_epochs back to the default epochs/5 = 2"),
+    (
+        "baseline",
+        24,
+        94.1,
+        75.0,
+        "earlier DAWNBench entry: ReLU, plain BN, pool after BN, cutout 8, lr 0.4",
+        BASELINE_CHANGES,
+        "schedule (0,0),(5,0.4),(24,0) per example (÷ batch size); time 'about 75 s'",
+    ),
+    (
+        "gpu-data",
+        24,
+        94.1,
+        70.0,
+        "preprocessing and augmentation on the device",
+        {"gpu_data": True},
+        "no network change; this trainer always keeps the data on the device",
+    ),
+    (
+        "pool-before-bn",
+        25,
+        94.1,
+        64.0,
+        "max-pool before batch norm, +1 epoch",
+        {"pool_before_bn": True, "epochs": 25},
+        "alone it costs 0.1% (94.0% at 24 epochs); the extra epoch buys it back",
+    ),
+    (
+        "label-smoothing",
+        23,
+        94.1,
+        59.0,
+        "label smoothing 0.2; warm-up scaled with epochs (epochs/5)",
+        {"label_smoothing": 0.2, "epochs": 23, "warmup_epochs": None},
+        "94.2% at 25 epochs; assumption: warm-up 23/5 = 4.6 epochs",
+    ),
+    (
+        "celu",
+        20,
+        94.1,
+        52.0,
+        "CELU activation, alpha 0.075",
+        {"activation": "celu", "celu_alpha": 0.075, "epochs": 20},
+        "94.3% at 23 epochs",
+    ),
+    (
+        "ghost-bn",
+        18,
+        94.1,
+        46.0,
+        "ghost batch norm, 32 images per split; peak lr x1.5",
+        {"ghost_batch": 32, "lr": 0.6, "epochs": 18},
+        "94.2% at 20 epochs before the lr increase",
+    ),
+    (
+        "frozen-scales",
+        17,
+        94.1,
+        43.0,
+        "BN scales frozen at 1: CELU alpha x4, bias lr x64 and wd /64, output x1/16",
+        {
+            "frozen_bn_scale": True,
+            "celu_alpha": 0.3,
+            "bias_lr_mult": 64.0,
+            "bias_wd_div": 64.0,
+            "output_scale": 1 / 16,
+            "epochs": 17,
+        },
+        "bias lr x16 (= 4^2) gives 94.2% at 18 epochs, another x4 helps a little more",
+    ),
+    (
+        "whitening",
+        15,
+        94.1,
+        36.0,
+        "fixed 3x3 patch-whitening conv; peak lr ~x1.5 (0.6 -> 1.0); cutout 5x5",
+        {"whitening": True, "lr": 1.0, "cutout": 5, "epochs": 15},
+        "94.4% at 17 epochs, 94.1% at 15 (39 s) before the lr and cutout change; "
+        "assumption: '~50%' = 0.6 -> 1.0, the final recipe's peak",
+    ),
+    (
+        "ema",
+        13,
+        94.1,
+        34.0,
+        "EMA of the weights every 5 steps (0.99); lr floored at 0.1 for the last 2 epochs",
+        {"ema": True, "lr_floor": 0.1, "floor_epochs": 2.0, "epochs": 13},
+        "94.3% at 15 epochs",
+    ),
+    (
+        "tta",
+        10,
+        94.1,
+        26.0,
+        "flip test-time augmentation; no cutout (the final recipe)",
+        {"tta": True, "cutout": 0, "epochs": 10, "floor_epochs": None},
+        "94.6% at 13 epochs with TTA; floor_epochs back to the default epochs/5 = 2",
+    ),
 )
 
 
@@ -176,7 +230,7 @@ def _build_presets() -> dict[str, Preset]:
     cumulative: dict[str, Any] = {}
     for name, epochs, acc, seconds, description, changes, note in _STEPS:
         unknown = set(changes) - fields
-        if unknown:   # a typo here would silently do nothing: fail at import instead
+        if unknown:  # a typo here would silently do nothing: fail at import instead
             raise ConfigError(f"preset {name!r} names unknown field(s) {sorted(unknown)}")
         if changes.get("epochs", cumulative.get("epochs", defaults["epochs"])) != epochs:
             raise ConfigError(f"preset {name!r}: epochs disagree with the seed's {epochs}")
@@ -184,9 +238,16 @@ def _build_presets() -> dict[str, Preset]:
         # Keep only what differs from the defaults, so the final recipe has no overrides.
         minimal = {k: v for k, v in cumulative.items() if v != defaults[k]}
         # Read-only views: a caller editing a preset must not change later configs.
-        presets[name] = Preset(name, description, epochs, acc, seconds,
-                               types.MappingProxyType(copy.deepcopy(changes)),
-                               types.MappingProxyType(copy.deepcopy(minimal)), note)
+        presets[name] = Preset(
+            name,
+            description,
+            epochs,
+            acc,
+            seconds,
+            types.MappingProxyType(copy.deepcopy(changes)),
+            types.MappingProxyType(copy.deepcopy(minimal)),
+            note,
+        )
     return presets
 
 
@@ -209,8 +270,7 @@ def preset_config(name: str, /, **overrides: Any) -> TrainConfig:
     try:
         preset = PRESETS[name]
     except KeyError:
-        raise ConfigError(
-            f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}") from None
+        raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}") from None
     values = copy.deepcopy(dict(preset.overrides))
     if "epochs" in overrides:
         seed_epochs = values.get("epochs", TrainConfig.epochs)
@@ -219,11 +279,6 @@ def preset_config(name: str, /, **overrides: Any) -> TrainConfig:
                 values[key] = values[key] * overrides["epochs"] / seed_epochs
     values.update(overrides)
     return TrainConfig().replace(**values)
-
-
-def data_on_device(config: TrainConfig) -> bool:
-    """Whether preprocessing and augmentation run on the device (the ``gpu-data`` step on)."""
-    return bool(config.extra.get(GPU_DATA_KEY, True))
 
 
 def diff_configs(a: TrainConfig, b: TrainConfig) -> dict[str, tuple[Any, Any]]:
@@ -244,18 +299,29 @@ def describe_presets() -> str:
     """A plain-text table of the presets (``python -m train --list-presets``)."""
     rows = [("preset", "epochs", "seed acc", "V100", "change vs previous preset")]
     for p in PRESETS.values():
-        rows.append((p.name, str(p.seed_epochs), f"{p.seed_acc:.1f}%",
-                     f"{p.seed_time_s:.0f} s", p.description))
+        rows.append(
+            (
+                p.name,
+                str(p.seed_epochs),
+                f"{p.seed_acc:.1f}%",
+                f"{p.seed_time_s:.0f} s",
+                p.description,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = []
     for i, r in enumerate(rows):
-        lines.append(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  "
-                     f"{r[3]:>{widths[3]}}  {r[4]}")
+        lines.append(
+            f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  "
+            f"{r[3]:>{widths[3]}}  {r[4]}"
+        )
         if i == 0:
             lines.append("  ".join("-" * w for w in widths) + "  " + "-" * len(r[4]))
     final = next(reversed(PRESETS))
     lines.append("")
-    lines.append(f"Each preset is the previous one plus its change; '{final}' is the final "
-                 "recipe (the defaults).")
+    lines.append(
+        f"Each preset is the previous one plus its change; '{final}' is the final "
+        "recipe (the defaults)."
+    )
     lines.append("Seed's accuracies are means over runs, times on a V100 (DAWNBench timing).")
     return "\n".join(lines)

@@ -8,7 +8,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import torch
 
+from train.atomic import write_atomic
 from train.config import CIFAR10_MEAN, CIFAR10_STD, TrainConfig
 from train.runtime import Runtime
 from train.stats import format_mean_ci, summarize
@@ -24,12 +24,10 @@ from train.trainer import EpochRow, RunResult
 TARGET_ACCURACY = 0.94
 
 # lr: the schedule's value (per batch of summed losses) at the epoch's last step.
-_COLUMNS = ("epoch", "lr", "train loss", "train acc", "test loss", "test acc", "epoch s",
-            "total s")
+_COLUMNS = ("epoch", "lr", "train loss", "train acc", "test loss", "test acc", "epoch s", "total s")
 _WIDTHS = (5, 8, 10, 9, 9, 8, 8, 8)
 
-TIME_INCLUDES = ("data to device, whitening filters, all training steps (augmentation "
-                 "included)")
+TIME_INCLUDES = "data to device, whitening filters, all training steps (augmentation included)"
 TIME_EXCLUDES = "compile/autotune warm-up (reported separately), evaluation"
 
 
@@ -41,9 +39,16 @@ def format_row(row: EpochRow) -> str:
     def maybe(value: float | None, fmt: str) -> str:
         return "" if value is None else format(value, fmt)
 
-    cells = (str(row.epoch), f"{row.lr:.4f}", f"{row.train_loss:.4f}", f"{row.train_acc:.4f}",
-             maybe(row.test_loss, ".4f"), maybe(row.test_acc, ".4f"), f"{row.epoch_time:.2f}",
-             f"{row.total_time:.2f}")
+    cells = (
+        str(row.epoch),
+        f"{row.lr:.4f}",
+        f"{row.train_loss:.4f}",
+        f"{row.train_acc:.4f}",
+        maybe(row.test_loss, ".4f"),
+        maybe(row.test_acc, ".4f"),
+        f"{row.epoch_time:.2f}",
+        f"{row.total_time:.2f}",
+    )
     return "  ".join(cell.rjust(width) for cell, width in zip(cells, _WIDTHS))
 
 
@@ -80,25 +85,31 @@ def format_summary(results: Sequence[RunResult], warmup_time: float) -> str:
         lines.append(f"test accuracy {acc['mean']:.4f} in {sec['mean']:.2f} s of training")
     else:
         accuracies = [r.test_acc for r in results]
-        lines.append(f"test accuracy {acc['mean']:.4f} ± {acc['std']:.4f} (std over "
-                     f"{len(results)} runs; min {acc['min']:.4f}, max {acc['max']:.4f}); "
-                     f"{s['reached_94']}/{len(results)} runs reached 94%")
+        lines.append(
+            f"test accuracy {acc['mean']:.4f} ± {acc['std']:.4f} (std over "
+            f"{len(results)} runs; min {acc['min']:.4f}, max {acc['max']:.4f}); "
+            f"{s['reached_94']}/{len(results)} runs reached 94%"
+        )
         lines.append(f"mean test accuracy {format_mean_ci(accuracies, digits=4)}")
-        lines.append(f"time {sec['mean']:.2f} ± {sec['std']:.2f} s (min {sec['min']:.2f}, "
-                     f"max {sec['max']:.2f}); mean "
-                     f"{format_mean_ci([r.train_time for r in results], unit='s')}")
+        lines.append(
+            f"time {sec['mean']:.2f} ± {sec['std']:.2f} s (min {sec['min']:.2f}, "
+            f"max {sec['max']:.2f}); mean "
+            f"{format_mean_ci([r.train_time for r in results], unit='s')}"
+        )
     lines.append(f"time includes: {TIME_INCLUDES}")
     lines.append(f"time excludes: {TIME_EXCLUDES}; warm-up took {warmup_time:.1f} s once")
     return "\n".join(lines)
 
 
-def environment(runtime: Runtime, world_size: int = 1,
-                distribute: str | None = None) -> dict[str, Any]:
+def environment(
+    runtime: Runtime, world_size: int = 1, distribute: str | None = None
+) -> dict[str, Any]:
     """Device name and versions, for the JSON record. ``world_size``: the processes that
     trained (torchrun's K; 1 without it); ``distribute``: how they shared the work ("data" or
     "runs"; None for one process). ``device`` is rank 0's."""
     try:
         import triton
+
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
@@ -126,11 +137,19 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-def write_json(path: str | os.PathLike, config: TrainConfig, runtime: Runtime,
-               results: Sequence[RunResult], warmup_time: float, *, world_size: int = 1,
-               distribute: str | None = None) -> None:
-    """Everything about the runs in one JSON file, written atomically (by rank 0 alone when
-    several processes trained: ``world_size`` and ``distribute`` as in :func:`environment`)."""
+def write_json(
+    path: str | os.PathLike,
+    config: TrainConfig,
+    runtime: Runtime,
+    results: Sequence[RunResult],
+    warmup_time: float,
+    *,
+    world_size: int = 1,
+    distribute: str | None = None,
+) -> None:
+    """Everything about the runs in one JSON file, written atomically with
+    :func:`train.atomic.write_atomic` (by rank 0 alone when several processes trained:
+    ``world_size`` and ``distribute`` as in :func:`environment`)."""
     record = {
         "config": config.to_dict(),
         "environment": environment(runtime, world_size, distribute),
@@ -139,36 +158,61 @@ def write_json(path: str | os.PathLike, config: TrainConfig, runtime: Runtime,
         "warmup_time": warmup_time,
         "summary": summarize_runs(results),
         "runs": [
-            {"seed": r.seed, "test_acc": r.test_acc, "test_loss": r.test_loss,
-             "train_time": r.train_time, "setup_time": r.setup_time,
-             "eval_time": r.eval_time, "epochs": [asdict(row) for row in r.rows]}
+            {
+                "seed": r.seed,
+                "test_acc": r.test_acc,
+                "test_loss": r.test_loss,
+                "train_time": r.train_time,
+                "setup_time": r.setup_time,
+                "eval_time": r.eval_time,
+                "epochs": [asdict(row) for row in r.rows],
+            }
             for r in results
         ],
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False,
-                                     suffix=".tmp") as handle:
-        json.dump(record, handle, indent=2, default=_finite_or_none)
-        temporary = handle.name
-    os.replace(temporary, path)
+    # Serialised before the file is opened: a value json cannot encode fails here, with
+    # nothing written.
+    text = json.dumps(record, indent=2, default=_finite_or_none)
+    write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
-def write_plots(folder: str | os.PathLike, config: TrainConfig, data: Any, trainer: Any,
-                results: Sequence[RunResult]) -> list[str]:
+def write_plots(
+    folder: str | os.PathLike,
+    config: TrainConfig,
+    data: Any,
+    trainer: Any,
+    results: Sequence[RunResult],
+) -> list[str]:
     """The ``--plot`` PNGs: curves of every run, augmented examples, whitening filters."""
     from train.plots import plot_augmentations, plot_curves, plot_whitening
 
     folder = Path(folder)
-    written = [plot_curves([[asdict(row) for row in r.rows] for r in results],
-                           folder / "curves.png",
-                           labels=[f"seed {r.seed}" for r in results])]
-    written.append(plot_augmentations(
-        data.train_images[:8], folder / "augmentations.png", pad=config.pad,
-        cutout_size=config.cutout, flip=config.flip, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-        seed=config.seed, titles=[data.classes[int(i)] for i in data.train_labels[:8]]))
+    written = [
+        plot_curves(
+            [[asdict(row) for row in r.rows] for r in results],
+            folder / "curves.png",
+            labels=[f"seed {r.seed}" for r in results],
+        )
+    ]
+    written.append(
+        plot_augmentations(
+            data.train_images[:8],
+            folder / "augmentations.png",
+            pad=config.pad,
+            cutout_size=config.cutout,
+            flip=config.flip,
+            mean=CIFAR10_MEAN,
+            std=CIFAR10_STD,
+            seed=config.seed,
+            titles=[data.classes[int(i)] for i in data.train_labels[:8]],
+        )
+    )
     if trainer.whitening is not None:
-        written.append(plot_whitening(trainer.whitening.filters.cpu(),
-                                      trainer.whitening.eigenvalues.cpu(),
-                                      folder / "whitening.png"))
+        written.append(
+            plot_whitening(
+                trainer.whitening.filters.cpu(),
+                trainer.whitening.eigenvalues.cpu(),
+                folder / "whitening.png",
+            )
+        )
     return [str(w) for w in written]

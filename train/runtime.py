@@ -27,8 +27,8 @@ class Runtime:
     """The resolved execution choices of a run (what ``auto`` turned into)."""
 
     device: torch.device
-    backend: str                  # "eager" | "compile" | "triton"
-    dtype: torch.dtype            # the network's compute dtype (autocast) and input dtype
+    backend: str  # "eager" | "compile" | "triton"
+    dtype: torch.dtype  # the network's compute dtype (autocast) and input dtype
     channels_last: bool
 
     @property
@@ -36,7 +36,10 @@ class Runtime:
         if self.device.type == "cuda":
             return torch.cuda.get_device_name(self.device)
         import platform
-        return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+        return (
+            f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        )
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed precision for the forward pass; a no-op in fp32."""
@@ -56,14 +59,16 @@ def resolve_device(requested: str) -> torch.device:
     try:
         device = torch.device(requested)
     except RuntimeError as error:
-        raise ConfigError(f"--device {requested!r} is not a device name (cpu, cuda, cuda:1)") \
-            from error
+        raise ConfigError(
+            f"--device {requested!r} is not a device name (cpu, cuda, cuda:1)"
+        ) from error
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(
                 f"--device {requested} asked for a GPU but this torch sees none "
                 f"(torch {torch.__version__}): install a CUDA build of torch on a machine "
-                "with an NVIDIA GPU, or use --device cpu")
+                "with an NVIDIA GPU, or use --device cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {requested}: only {torch.cuda.device_count()} GPU(s)")
     elif device.type != "cpu":
@@ -82,13 +87,16 @@ def resolve_backend(requested: str, device: torch.device) -> str:
         return "eager"
     if requested == "triton":
         if not triton_available():
-            raise ConfigError("--backend triton needs the triton package (Linux): "
-                              "pip install triton, or use --backend compile")
+            raise ConfigError(
+                "--backend triton needs the triton package (Linux): "
+                "pip install triton, or use --backend compile"
+            )
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise ConfigError(
                 "--backend triton on the CPU runs Triton's interpreter, which must be switched "
                 "on before the kernels are imported: run with TRITON_INTERPRET=1 (slow; "
-                "correctness only)")
+                "correctness only)"
+            )
     return requested
 
 
@@ -100,5 +108,9 @@ def resolve_runtime(config: TrainConfig) -> Runtime:
         precision = "fp16" if device.type == "cuda" else "fp32"
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("--precision bf16 needs an Ampere or newer GPU; use fp16")
-    return Runtime(device=device, backend=backend, dtype=_DTYPES[precision],
-                   channels_last=device.type == "cuda")
+    return Runtime(
+        device=device,
+        backend=backend,
+        dtype=_DTYPES[precision],
+        channels_last=device.type == "cuda",
+    )

@@ -33,9 +33,15 @@ class TrainStep:
     the per-rank sums is the gradient of the whole batch's sum, the single-process update.
     """
 
-    def __init__(self, model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
-                 config: TrainConfig, runtime: Runtime, steps_per_epoch: int,
-                 loss_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        config: TrainConfig,
+        runtime: Runtime,
+        steps_per_epoch: int,
+        loss_scale: float = 1.0,
+    ) -> None:
         self.model, self.forward, self.runtime = model, forward, runtime
         self.loss_scale = loss_scale
         self.optimizer = make_optimizer(model, config)
@@ -44,10 +50,11 @@ class TrainStep:
         self.batch_size = config.batch_size
         self.smoothing = config.label_smoothing
         self.ema_every = config.ema_every
-        self.ema = (WeightAverage(model, config.ema_momentum ** config.ema_every)
-                    if config.ema else None)
+        self.ema = (
+            WeightAverage(model, config.ema_momentum**config.ema_every) if config.ema else None
+        )
         self.steps = 0
-        self.last_lr = 0.0   # the rate the latest step used (per example)
+        self.last_lr = 0.0  # the rate the latest step used (per example)
         # Index of the first step whose loss was not finite (-1: none). Kept on the device
         # so that detecting divergence costs no sync per step.
         self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=runtime.device)
@@ -57,8 +64,9 @@ class TrainStep:
         """The learning rate the next step will use (per example)."""
         return learning_rate(self.schedule, self.steps, self.steps_per_epoch, self.batch_size)
 
-    def __call__(self, inputs: torch.Tensor, labels: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, inputs: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``inputs`` (B, 3, H, W) in the run's dtype, ``labels`` int64 (B,); returns the
         float32 summed loss of these B images (unscaled) and the int64 count of correct
         predictions (device scalars). With data parallelism B is this rank's share."""

@@ -31,139 +31,77 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
-import functools
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from model.resnet9 import ResNet9, ResNet9Config
+from model.resnet9 import ResNet9
 from model.whitening import whitening_filters_from_data
 from train.batches import AugmentedBatches
-from train.checkpoint import (CheckpointMismatch, EpochProgress, StopRequest, check_compatible,
-                              data_fingerprint, is_finished, load_checkpoint, make_checkpoint,
-                              restore_rng_states, save_atomic, stop_on_signals)
-from train.config import CIFAR10_MEAN, CIFAR10_STD, ConfigError, TrainConfig
-from train.distributed import (Distributed, all_reduce_min, all_reduce_sum,
-                               average_running_stats, broadcast_state, per_rank_batch, rank_range,
-                               wrap_ddp)
+from train.checkpoint import (
+    EpochProgress,
+    RunCheckpoint,
+    data_fingerprint,
+    finished_run,
+    is_finished,
+    read_for_resume,
+    restore_run,
+)
+from train.config import CIFAR10_MEAN, CIFAR10_STD, ConfigError, TrainConfig, model_config
+from train.distributed import (
+    Distributed,
+    all_reduce_min,
+    all_reduce_sum,
+    average_running_stats,
+    broadcast_state,
+    per_rank_batch,
+    rank_range,
+    wrap_ddp,
+)
 from train.evaluate import evaluate
-from train.presets import data_on_device
+from train.results import EpochRow, RunResult, TrainingDiverged, TrainingInterrupted
 from train.runtime import Runtime, compiles_model
+from train.signals import StopRequest, self_signal_from_environment, watch_signals
 from train.step import TrainStep
 
 if TYPE_CHECKING:
     from train.data import Cifar10
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message names the step and the likely cause."""
-
-
-class TrainingInterrupted(Exception):
-    """A run stopped on request (SIGINT / SIGTERM) after saving what it could.
-
-    Attributes:
-        signal_name: ``"SIGINT"`` or ``"SIGTERM"``.
-        checkpoint: where the run was saved, or None when nothing was.
-    """
-
-    def __init__(self, signal_name: str, checkpoint: str | os.PathLike | None,
-                 progress: EpochProgress | None) -> None:
-        self.signal_name = signal_name
-        self.checkpoint = None if progress is None else checkpoint
-        if progress is None:
-            place = "before the run began"
-        elif progress.batches_done == 0:
-            place = f"at the end of epoch {progress.epoch - 1}"
-        else:
-            place = f"in epoch {progress.epoch} after {progress.batches_done} steps"
-        saved = "nothing saved" if self.checkpoint is None else f"saved {self.checkpoint}"
-        super().__init__(f"interrupted by {signal_name} {place} ({saved})")
-
-
-@dataclass
-class EpochRow:
-    """One line of the training table. Test values are None in epochs not evaluated."""
-
-    epoch: int
-    lr: float
-    train_loss: float
-    train_acc: float
-    test_loss: float | None
-    test_acc: float | None
-    epoch_time: float
-    total_time: float
-
-
-@dataclass
-class RunResult:
-    seed: int
-    rows: list[EpochRow] = field(default_factory=list)
-    setup_time: float = 0.0          # data to device + whitening (inside total time)
-    train_time: float = 0.0          # the headline: setup + all training steps
-    eval_time: float = 0.0           # excluded from train_time
-    checkpoint_time: float = 0.0     # writing checkpoints; excluded from train_time
-
-    @property
-    def test_acc(self) -> float:
-        return self.rows[-1].test_acc
-
-    @property
-    def test_loss(self) -> float:
-        return self.rows[-1].test_loss
-
-
-def model_config(config: TrainConfig, backend: str, ghost_splits: int | None = None
-                 ) -> ResNet9Config:
-    """The network the training configuration asks for. ``ghost_splits``: the splits of the
-    batch one forward sees (default ``config.ghost_splits``; a data-parallel rank sees
-    ``batch_size / K`` images, so fewer splits of the same 32 images)."""
-    return ResNet9Config(
-        width=config.width, activation=config.activation, celu_alpha=config.celu_alpha,
-        ghost_splits=config.ghost_splits if ghost_splits is None else ghost_splits,
-        frozen_bn_scale=config.frozen_bn_scale,
-        pool_before_bn=config.pool_before_bn, whitening=config.whitening,
-        output_scale=config.output_scale, backend=backend)
-
-
-def _run_result(saved: dict) -> RunResult:
-    """A :class:`RunResult` from its ``dataclasses.asdict`` form (as checkpoints hold it)."""
-    return RunResult(**{**saved, "rows": [EpochRow(**row) for row in saved["rows"]]})
-
-
-def _watch_signals(stop: StopRequest | None, saving: bool
-                   ) -> contextlib.AbstractContextManager[StopRequest]:
-    """SIGINT and SIGTERM become a stop request when someone watches for it (``stop``) or
-    there is a checkpoint to save; otherwise they keep their usual effect."""
-    if stop is None and not saving:
-        return contextlib.nullcontext(StopRequest())
-    return stop_on_signals(stop)
-
-
 @contextlib.contextmanager
-def _progress_bar(epoch: int, steps: int, done: int) -> Iterator:
+def _progress_bar(progress: EpochProgress, steps: int) -> Iterator:
     """A transient per-epoch progress line on stderr, only when stderr is a terminal (the
     table rows on stdout stay clean). It counts steps on the host: no device sync."""
     from tqdm import tqdm
 
-    bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch}", unit="step", leave=False,
-               file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    bar = tqdm(
+        total=steps,
+        initial=progress.batches_done,
+        desc=f"epoch {progress.epoch}",
+        unit="step",
+        leave=False,
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+        dynamic_ncols=True,
+    )
     try:
         yield bar
     finally:
         bar.close()
 
 
-def _kernel_backend(runtime: Runtime) -> str:
-    """The backend of ``kernels.augment``: the kernels with ``triton``, the reference
-    (compiled or not) otherwise."""
-    return runtime.backend
+class RunData(NamedTuple):
+    """One run's data where it trains: the training set on the device (on the host when
+    ``gpu_data`` is off), the test set on the device."""
+
+    train_images: torch.Tensor  # uint8 (N, 3, 32, 32)
+    train_labels: torch.Tensor  # int64 (N,)
+    test_images: torch.Tensor  # uint8 (M, 3, 32, 32)
+    test_labels: torch.Tensor  # int64 (M,)
 
 
 class Trainer:
@@ -180,14 +118,22 @@ class Trainer:
         ConfigError: the batch does not split into whole ghost-BN splits per rank.
     """
 
-    def __init__(self, config: TrainConfig, runtime: Runtime, data: "Cifar10",
-                 log: Callable[[str], None] = print, ctx: Distributed | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        runtime: Runtime,
+        data: Cifar10,
+        log: Callable[[str], None] = print,
+        ctx: Distributed | None = None,
+    ) -> None:
         self.config, self.runtime, self.data, self.log = config, runtime, data, log
         self.ctx = Distributed() if ctx is None else ctx
         # Images one rank trains on per step (the whole batch in one process).
         self.local_batch = per_rank_batch(config.batch_size, config.ghost_batch, self.ctx)
-        self.whitening = None     # the latest run's WhiteningFilters (for plots)
-        self.data_fingerprint = data_fingerprint(data)   # what checkpoints are checked against
+        self.whitening = None  # the latest run's WhiteningFilters (for plots)
+        self.data_fingerprint = data_fingerprint(data)  # what checkpoints are checked against
+        self.save_failures: list[str] = []  # checkpoint writes that failed (reported once)
+        self._signal_at = self_signal_from_environment()
         self.model = self._new_model(seed=config.seed)
         self.eval_model = copy.deepcopy(self.model).eval()
         compile_it = compiles_model(runtime.backend, runtime.device)
@@ -204,36 +150,50 @@ class Trainer:
     def _new_model(self, seed: int) -> ResNet9:
         torch.manual_seed(seed)
         splits = None
-        if self.ctx.enabled:   # this rank's slice of the batch holds fewer splits
-            splits = (self.local_batch // self.config.ghost_batch if self.config.ghost_batch
-                      else 1)
+        if self.ctx.enabled:  # this rank's slice of the batch holds fewer splits
+            splits = self.local_batch // self.config.ghost_batch if self.config.ghost_batch else 1
         model = ResNet9(model_config(self.config, self.runtime.backend, splits))
         model = model.to(self.runtime.device)
         if self.runtime.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model
 
-    def _batches(self, images: torch.Tensor, labels: torch.Tensor,
-                 generator: torch.Generator) -> AugmentedBatches:
+    def _batches(
+        self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+    ) -> AugmentedBatches:
         c = self.config
         return AugmentedBatches(
-            images, labels, batch_size=c.batch_size, pad=c.pad, flip=c.flip, cutout=c.cutout,
-            mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=self.runtime.dtype,
-            backend=_kernel_backend(self.runtime) if images.device == self.runtime.device
-            else "eager", generator=generator, device=self.runtime.device,
-            shard=(self.ctx.rank, self.ctx.world_size))
+            images,
+            labels,
+            batch_size=c.batch_size,
+            pad=c.pad,
+            flip=c.flip,
+            cutout=c.cutout,
+            mean=CIFAR10_MEAN,
+            std=CIFAR10_STD,
+            dtype=self.runtime.dtype,
+            backend=self.runtime.backend if images.device == self.runtime.device else "eager",
+            generator=generator,
+            device=self.runtime.device,
+            shard=(self.ctx.rank, self.ctx.world_size),
+        )
 
     def _set_whitening(self, images: torch.Tensor) -> None:
         if not self.config.whitening:
             return
         self.whitening = whitening_filters_from_data(
-            images, CIFAR10_MEAN, CIFAR10_STD, n_images=self.config.whitening_images,
-            eps=self.config.whitening_eps)
+            images,
+            CIFAR10_MEAN,
+            CIFAR10_STD,
+            n_images=self.config.whitening_images,
+            eps=self.config.whitening_eps,
+        )
         self.model.set_whitening(self.whitening.filters)
         self.eval_model.set_whitening(self.whitening.filters)
 
-    def _evaluate(self, images: torch.Tensor, labels: torch.Tensor, step: TrainStep
-                  ) -> tuple[float, float]:
+    def _evaluate(
+        self, images: torch.Tensor, labels: torch.Tensor, step: TrainStep
+    ) -> tuple[float, float]:
         """Test loss and accuracy of the weight average (or the weights) with flip TTA.
 
         Data-parallel: each rank evaluates its contiguous share of the test set and the sums
@@ -241,7 +201,7 @@ class Trainer:
         statistics (and their weight average) come from its own ghost-BN splits and are
         linear in them, so their mean over ranks is what one process would hold."""
         parallel = self.ctx.enabled
-        if parallel:   # keeps the training model identical on every rank too
+        if parallel:  # keeps the training model identical on every rank too
             average_running_stats(self.model)
         if step.ema is not None and step.ema.updates:
             step.ema.copy_to(self.eval_model)
@@ -254,10 +214,18 @@ class Trainer:
             share = rank_range(count, self.ctx)
             images, labels = images[share], labels[share]
         result = evaluate(
-            self.eval_forward, images, labels, tta=self.config.tta, mean=CIFAR10_MEAN,
-            std=CIFAR10_STD, dtype=self.runtime.dtype, backend=_kernel_backend(self.runtime),
-            batch_size=self.config.eval_batch_size, smoothing=self.config.label_smoothing,
-            autocast=self.runtime.autocast())
+            self.eval_forward,
+            images,
+            labels,
+            tta=self.config.tta,
+            mean=CIFAR10_MEAN,
+            std=CIFAR10_STD,
+            dtype=self.runtime.dtype,
+            backend=self.runtime.backend,
+            batch_size=self.config.eval_batch_size,
+            smoothing=self.config.label_smoothing,
+            autocast=self.runtime.autocast(),
+        )
         if parallel:
             all_reduce_sum(result.loss_sum, result.correct)
             result.count = count
@@ -271,30 +239,56 @@ class Trainer:
 
     # ------------------------------------------------------------------ warm-up
     def _warm_up(self) -> float:
-        """Compile, autotune and fill caches on throwaway data with the real shapes (the
-        data set's size too: the compiled augmentation is specialised to it), so that no
-        run's clock pays for them. Returns the seconds it took."""
-        nothing_to_warm = self.runtime.device.type == "cpu" and self.runtime.backend == "eager"
-        if self.config.warmup_steps == 0 or nothing_to_warm:
+        """Run ``warmup_steps`` steps and one evaluation on throwaway data with the real
+        shapes before any clock starts, on every backend and device, and return the seconds
+        it took. What it absorbs: compiling and autotuning, and on any backend the one-off
+        costs of a first call (allocator growth, oneDNN/cuDNN primitive creation) that would
+        otherwise land in the first run alone and make it look slower than the rest
+        (``compare`` would then blame side A, which runs first).
+
+        A compiled model sees the data set's full size (its augmentation is specialised to
+        it); eager code needs only the batches it runs and one evaluation batch.
+        """
+        if self.config.warmup_steps == 0:
             return 0.0
         start = time.perf_counter()
         device, c = self.runtime.device, self.config
         generator = torch.Generator(device=device).manual_seed(12345)
+        full_size = compiles_model(self.runtime.backend, device)
 
-        def throwaway(like: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            images = torch.randint(0, 256, like.shape, dtype=torch.uint8, device=device,
-                                   generator=generator)
-            return images, torch.randint(0, 10, labels.shape, device=device,
-                                         generator=generator)
+        def throwaway(
+            like: torch.Tensor, labels: torch.Tensor, needed: int
+        ) -> tuple[torch.Tensor, ...]:
+            count = like.shape[0] if full_size else min(like.shape[0], needed)
+            images = torch.randint(
+                0,
+                256,
+                (count, *like.shape[1:]),
+                dtype=torch.uint8,
+                device=device,
+                generator=generator,
+            )
+            return images, torch.randint(0, 10, (count,), device=device, generator=generator)
 
-        train_images, train_labels = throwaway(self.data.train_images, self.data.train_labels)
-        test_images, test_labels = throwaway(self.data.test_images, self.data.test_labels)
+        train_images, train_labels = throwaway(
+            self.data.train_images, self.data.train_labels, c.batch_size * c.warmup_steps
+        )  # whitening too: the same 27×27 eigenproblem
+        test_images, test_labels = throwaway(
+            self.data.test_images, self.data.test_labels, c.eval_batch_size
+        )
         self._set_whitening(train_images)
-        step = TrainStep(self.model, self.train_forward, c, self.runtime, steps_per_epoch=1,
-                         loss_scale=self.ctx.world_size)
+        step = TrainStep(
+            self.model,
+            self.train_forward,
+            c,
+            self.runtime,
+            steps_per_epoch=1,
+            loss_scale=self.ctx.world_size,
+        )
         self.model.train()
         for index, (inputs, targets) in enumerate(
-                self._batches(train_images, train_labels, generator)):
+            self._batches(train_images, train_labels, generator)
+        ):
             if index == c.warmup_steps:
                 break
             step(inputs, targets)
@@ -303,10 +297,18 @@ class Trainer:
         return time.perf_counter() - start
 
     # ------------------------------------------------------------------ one run
-    def run(self, seed: int, *, checkpoint: str | os.PathLike | None = None,
-            resume: str | os.PathLike | None = None, stop: StopRequest | None = None
-            ) -> RunResult:
+    def run(
+        self,
+        seed: int,
+        *,
+        checkpoint: str | os.PathLike | None = None,
+        resume: str | os.PathLike | None = None,
+        stop: StopRequest | None = None,
+    ) -> RunResult:
         """Train from a fresh initialisation with ``seed``; log one row per epoch.
+
+        The recipe, in its order; the clock runs from the data still on the host through
+        the last step, evaluation and checkpoints excluded (see the module docstring).
 
         Args:
             checkpoint: save the run's state here at every epoch end and when a stop is
@@ -321,103 +323,160 @@ class Trainer:
             TrainingDiverged, TrainingInterrupted, train.checkpoint.CheckpointError.
         """
         c, rt = self.config, self.runtime
-        if self.ctx.enabled and (checkpoint is not None or resume is not None):
-            raise ConfigError("checkpoints are not supported with data-parallel training over "
-                              "several processes: drop --checkpoint/--resume or run one process")
-        saved = self._read_checkpoint(resume, seed) if resume is not None else None
+        saved = self._saved_run(resume, seed, checkpoint)
         if saved is not None and is_finished(saved):
-            return self._finished_run(saved)
+            return self._logged(finished_run(saved, self.model))
         result = RunResult(seed=seed)
-        self.model.load_state_dict(self._new_model(seed).state_dict())
-        self.model.train()
-        generator = torch.Generator(device=rt.device).manual_seed(seed)
+        saver = RunCheckpoint(
+            checkpoint,
+            config=c,
+            runtime=rt,
+            data=self.data_fingerprint,
+            failures=self.save_failures,
+        )
+        self._fresh_model(seed)  # the network, initialised off the clock
 
-        # The clock starts with the data still on the host, as the seed's did.
-        rt.synchronize()
-        clock = time.perf_counter()
-        # The seed's step before "GPU data" kept the training set on the host and augmented
-        # there, moving every batch to the device (the `gpu_data` switch of the presets).
-        host_side = not data_on_device(c)
-        train_images = self.data.train_images.to("cpu" if host_side else rt.device,
-                                                 non_blocking=True)
-        train_labels = self.data.train_labels.to("cpu" if host_side else rt.device,
-                                                 non_blocking=True)
-        test_images = self.data.test_images.to(rt.device, non_blocking=True)
-        test_labels = self.data.test_labels.to(rt.device, non_blocking=True)
-        self._set_whitening(train_images)
-        if host_side:
-            generator = torch.Generator().manual_seed(seed)
-        if self.ctx.enabled:
-            broadcast_state(self.model)
-        batches = self._batches(train_images, train_labels, generator)
-        step = TrainStep(self.model, self.train_forward, c, rt, steps_per_epoch=len(batches),
-                         loss_scale=self.ctx.world_size)
-        rt.synchronize()
-        result.setup_time = result.train_time = time.perf_counter() - clock
+        clock = self._start_clock()  # the clock starts
+        data, generator = self._data_to_device(seed)  # data to the device
+        self._set_whitening(data.train_images)  # whitening filters
+        batches = self._batches(data.train_images, data.train_labels, generator)
+        step = TrainStep(
+            self.model,
+            self.train_forward,
+            c,
+            rt,
+            steps_per_epoch=len(batches),
+            loss_scale=self.ctx.world_size,
+        )  # SGD, schedule, EMA
+        result.setup_time = result.train_time = self._read_clock(clock)
         progress = EpochProgress.begin(1, generator, rt.device)
-        if saved is not None:   # pick up where the checkpoint stopped (times add up)
-            progress = self._restore(saved, step, generator, result)
-        save = functools.partial(self._save_checkpoint, checkpoint, step, result)
+        if saved is not None:  # pick up where the checkpoint stopped (times add up)
+            progress = restore_run(
+                saved,
+                model=self.model,
+                step=step,
+                generator=generator,
+                result=result,
+                device=rt.device,
+            )
+            self._logged(result)
 
-        with _watch_signals(stop, checkpoint is not None) as stopping:
-            if stopping.requested:          # asked to stop before this run began
+        with watch_signals(stop, checkpoint is not None) as stopping:
+            if stopping.requested:  # asked to stop before this run began
                 raise TrainingInterrupted(stopping.name, None, None)
-            while progress.epoch <= c.epochs:
-                self._train_epoch(batches, step, progress, stopping)
-                if progress.batches_done < len(batches):       # stopped between two steps
-                    self._check_finite(step, progress.epoch)   # never save a diverged state
-                    save(progress)
-                    raise TrainingInterrupted(stopping.name, checkpoint, progress)
-                result.rows.append(self._end_epoch(progress, step, result, test_images,
-                                                   test_labels))
+            while progress.epoch <= c.epochs:  # for each epoch
+                clock = self._start_clock()
+                with _progress_bar(progress, len(batches)) as bar:
+                    for inputs, labels in batches.epoch(start=progress.batches_done):
+                        progress.add(*step(inputs, labels))  # one step per batch
+                        bar.update()
+                        if self._stop_between_steps(stopping, progress, len(batches)):
+                            break
+                progress.elapsed += self._read_clock(clock)  # the steps' time
+                if progress.batches_done < len(batches):  # stopped mid-epoch
+                    self._check_finite(step, progress.epoch)  # never save divergence
+                    raise TrainingInterrupted(
+                        stopping.name, saver.save(self.model, step, result, progress), progress
+                    )
+                result.train_time += progress.elapsed  # the clock stops
+                result.rows.append(self._end_epoch(progress, step, result, data))  # evaluation
                 self.log_row(result.rows[-1])
                 # The next epoch starts here, with the generator state a resume draws it from;
                 # saved only now, after _end_epoch's finite check: never a diverged state.
                 progress = EpochProgress.begin(progress.epoch + 1, generator, rt.device)
-                save(progress)
+                saved_to = saver.save(self.model, step, result, progress)
                 if stopping.requested and progress.epoch <= c.epochs:  # stopped at an epoch end
-                    raise TrainingInterrupted(stopping.name, checkpoint, progress)
+                    raise TrainingInterrupted(stopping.name, saved_to, progress)
         return result
 
-    def _train_epoch(self, batches: AugmentedBatches, step: TrainStep,
-                     progress: EpochProgress, stop: StopRequest) -> None:
-        """The epoch's remaining steps, accumulated into ``progress``; returns early when a
-        stop is requested (checked between steps: a Python bool, no device sync)."""
-        start = time.perf_counter()
-        with _progress_bar(progress.epoch, len(batches), progress.batches_done) as bar:
-            for inputs, labels in batches.epoch(start=progress.batches_done):
-                step_loss, step_correct = step(inputs, labels)
-                progress.loss_sum += step_loss
-                progress.correct += step_correct
-                progress.batches_done += 1
-                bar.update()
-                if stop.requested and progress.batches_done < len(batches):
-                    break
-        self.runtime.synchronize()   # so that the epoch's time covers its work
-        progress.elapsed += time.perf_counter() - start
+    # ------------------------------------------------------------------ the run's pieces
+    def _start_clock(self) -> float:
+        self.runtime.synchronize()  # work queued before is not this interval's
+        return time.perf_counter()
 
-    def _end_epoch(self, progress: EpochProgress, step: TrainStep, result: RunResult,
-                   test_images: torch.Tensor, test_labels: torch.Tensor) -> EpochRow:
+    def _read_clock(self, start: float) -> float:
+        self.runtime.synchronize()  # the interval covers its device work
+        return time.perf_counter() - start
+
+    def _saved_run(
+        self, resume: str | os.PathLike | None, seed: int, checkpoint: str | os.PathLike | None
+    ) -> dict | None:
+        """The checkpoint to resume, read and checked against this run (None: afresh)."""
+        if self.ctx.enabled and (checkpoint is not None or resume is not None):
+            raise ConfigError(
+                "checkpoints are not supported with data-parallel training over "
+                "several processes: drop --checkpoint/--resume or run one process"
+            )
+        if resume is None:
+            return None
+        return read_for_resume(
+            resume, config=self.config, runtime=self.runtime, data=self.data_fingerprint, seed=seed
+        )
+
+    def _data_to_device(self, seed: int) -> tuple[RunData, torch.Generator]:
+        """The data set where the run trains, and the run's generator (seeded) where the
+        augmentation draws its choices. The seed's step before "GPU data" kept the training
+        set on the host and augmented there, moving every batch (``gpu_data`` off)."""
+        rt = self.runtime
+        train_device = rt.device if self.config.gpu_data else torch.device("cpu")
+        data = RunData(
+            self.data.train_images.to(train_device, non_blocking=True),
+            self.data.train_labels.to(train_device, non_blocking=True),
+            self.data.test_images.to(rt.device, non_blocking=True),
+            self.data.test_labels.to(rt.device, non_blocking=True),
+        )
+        return data, torch.Generator(device=train_device).manual_seed(seed)
+
+    def _fresh_model(self, seed: int) -> None:
+        """The training model's weights from a fresh initialisation with ``seed`` (the same
+        on every rank)."""
+        self.model.load_state_dict(self._new_model(seed).state_dict())
+        self.model.train()
+        if self.ctx.enabled:
+            broadcast_state(self.model)
+
+    def _stop_between_steps(
+        self, stopping: StopRequest, progress: EpochProgress, steps: int
+    ) -> bool:
+        """Whether to leave the epoch after the step just done: a stop was requested (a
+        Python bool, no device sync) and steps remain."""
+        if self._signal_at is not None and self._signal_at[:2] == (
+            progress.epoch,
+            progress.batches_done,
+        ):
+            os.kill(os.getpid(), self._signal_at[2])  # the test hook (train.signals)
+        return stopping.requested and progress.batches_done < steps
+
+    def _end_epoch(
+        self, progress: EpochProgress, step: TrainStep, result: RunResult, data: RunData
+    ) -> EpochRow:
         """The finished epoch's row: its training metrics (one sync), the divergence check,
         and the evaluation when due (off the clock)."""
         c, epoch = self.config, progress.epoch
         seen = progress.batches_done * c.batch_size
         loss_sum, correct = progress.loss_sum, progress.correct
-        if self.ctx.enabled:   # each rank summed its own share of every batch
+        if self.ctx.enabled:  # each rank summed its own share of every batch
             loss_sum, correct = loss_sum.clone(), correct.clone()
             all_reduce_sum(loss_sum, correct)
         train_loss = loss_sum.item() / seen
         train_acc = correct.item() / seen
-        result.train_time += progress.elapsed
         self._check_finite(step, epoch)
         test_loss = test_acc = None
         if self._should_evaluate(epoch):
             eval_start = time.perf_counter()
-            test_loss, test_acc = self._evaluate(test_images, test_labels, step)
+            test_loss, test_acc = self._evaluate(data.test_images, data.test_labels, step)
             self.model.train()
             result.eval_time += time.perf_counter() - eval_start
-        return EpochRow(epoch, step.last_lr * c.batch_size, train_loss, train_acc, test_loss,
-                        test_acc, progress.elapsed, result.train_time)
+        return EpochRow(
+            epoch,
+            step.last_lr * c.batch_size,
+            train_loss,
+            train_acc,
+            test_loss,
+            test_acc,
+            progress.elapsed,
+            result.train_time,
+        )
 
     def _check_finite(self, step: TrainStep, epoch: int) -> None:
         first_bad = step.first_bad_step
@@ -433,60 +492,17 @@ class Trainer:
             raise TrainingDiverged(
                 f"the training loss became NaN or infinite at step {bad} (epoch {epoch}): "
                 f"the learning rate is probably too high for this setting (peak --lr "
-                f"{self.config.lr}, batch {self.config.batch_size}); lower --lr")
-
-    # ------------------------------------------------------------------ checkpoints
-    def _save_checkpoint(self, path: str | os.PathLike | None, step: TrainStep,
-                         result: RunResult, progress: EpochProgress) -> None:
-        """Write the run's state to ``path`` (nothing when None); off the clock."""
-        if path is None:
-            return
-        start = time.perf_counter()
-        payload = make_checkpoint(
-            config=self.config, runtime=self.runtime, data=self.data_fingerprint,
-            seed=result.seed, steps_per_epoch=step.steps_per_epoch, progress=progress,
-            model=self.model, step_state=step.state_dict(), result=dataclasses.asdict(result))
-        save_atomic(payload, path)
-        result.checkpoint_time += time.perf_counter() - start
-
-    def _read_checkpoint(self, path: str | os.PathLike, seed: int) -> dict:
-        saved = load_checkpoint(path)
-        check_compatible(saved, config=self.config, runtime=self.runtime,
-                         data=self.data_fingerprint, seed=seed, path=path)
-        return saved
-
-    def _restore(self, saved: dict, step: TrainStep, generator: torch.Generator,
-                 result: RunResult) -> EpochProgress:
-        """Load the saved model, optimiser, weight average, RNG states and results into this
-        run; return the epoch progress to continue from. ``result`` keeps this process's
-        setup time on top of the saved times (the data did move and whiten again)."""
-        if int(saved["steps_per_epoch"]) != step.steps_per_epoch:
-            raise CheckpointMismatch(
-                f"the checkpoint has {saved['steps_per_epoch']} steps per epoch; this run "
-                f"has {step.steps_per_epoch}")
-        self.model.load_state_dict(saved["model"])
-        step.load_state_dict(saved["step"])
-        restore_rng_states(saved["rng"])
-        progress = EpochProgress.from_dict(saved["progress"], self.runtime.device)
-        generator.set_state(progress.generator_state)
-        before = _run_result(saved["result"])
-        result.rows = before.rows
-        for row in result.rows:       # the table so far, so that it reads whole
-            self.log_row(row)
-        result.setup_time += before.setup_time
-        result.train_time += before.train_time
-        result.eval_time, result.checkpoint_time = before.eval_time, before.checkpoint_time
-        return progress
-
-    def _finished_run(self, saved: dict) -> RunResult:
-        """A run the checkpoint holds to the end: its weights and table, nothing retrained."""
-        self.model.load_state_dict(saved["model"])
-        result = _run_result(saved["result"])
-        for row in result.rows:
-            self.log_row(row)
-        return result
+                f"{self.config.lr}, batch {self.config.batch_size}); lower --lr"
+            )
 
     # ------------------------------------------------------------------ output
     def log_row(self, row: EpochRow) -> None:
         from train.report import format_row
+
         self.log(format_row(row))
+
+    def _logged(self, result: RunResult) -> RunResult:
+        """``result``, after logging its rows (a resumed run's table so far, whole)."""
+        for row in result.rows:
+            self.log_row(row)
+        return result

@@ -1,0 +1,301 @@
+"""What both commands (``python -m train`` and ``python -m train compare``) share: the
+trainer's flags and their one rule for numbers, the exit codes, one-line errors, and loading
+the data with its notes.
+
+Nothing heavy is imported here at module level: flags are parsed before ``kernels`` is
+imported, because running the Triton kernels on the CPU needs ``TRITON_INTERPRET=1`` set
+before that import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from train.config import (
+    BACKEND_CHOICES,
+    CPU_QUICK_OVERRIDES,
+    DISTRIBUTE_CHOICES,
+    NUMERIC_RANGES,
+    PRECISION_CHOICES,
+    ConfigError,
+    TrainConfig,
+    check_number,
+)
+
+EXIT_OK, EXIT_USAGE, EXIT_DATA, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
+EXIT_OUTPUT = 5  # finished, but an output went elsewhere than asked (see message)
+EXIT_TERMINATED = 143  # SIGTERM: 128 + 15, as a shell reports a process it killed
+
+
+def quiet() -> bool:
+    """Whether this process is a torchrun rank other than 0, which prints nothing (read from
+    torchrun's environment, so that it holds before the process group forms)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0"
+
+
+def say(*args: Any, **kwargs: Any) -> None:
+    """``print``, on rank 0 only."""
+    if not quiet():
+        print(*args, **kwargs)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage dump) and exits with 2, or,
+    with ``raise_errors``, raises :class:`ConfigError` with argparse's message (for
+    ``compare``, which parses each side's flags and says which side was wrong)."""
+
+    def __init__(self, *args: Any, raise_errors: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.raise_errors = raise_errors
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if self.raise_errors:
+            raise ConfigError(message)
+        self.exit(EXIT_USAGE, None if quiet() else f"error: {message} (see {self.prog} --help)\n")
+
+
+def number_type(name: str) -> Callable[[str], int | float]:
+    """The argparse type of the numeric field ``name``: parses the text and applies the one
+    rule of :data:`train.config.NUMERIC_RANGES` (finite, in range, the range in the
+    message), so a bad value is refused before anything heavy is imported."""
+    allowed = NUMERIC_RANGES[name]
+
+    def parse(text: str) -> int | float:
+        try:
+            value = int(text) if allowed.kind is int else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be {allowed.describe()}; got {text!r}"
+            ) from None
+        try:
+            check_number(name, value)
+        except ConfigError:
+            raise argparse.ArgumentTypeError(
+                f"must be {allowed.describe()}; got {text!r}"
+            ) from None
+        return value
+
+    parse.__name__ = allowed.kind.__name__
+    return parse
+
+
+def on_off(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on/off, got {text!r}")
+
+
+def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
+    """The trainer's flags. ``raise_errors``: a bad flag raises :class:`ConfigError`
+    instead of exiting (see :class:`Parser`)."""
+    # Every config flag defaults to SUPPRESS, so the namespace holds only what the user
+    # typed: that is how the CPU-sized configuration fills in only what was not asked for.
+    p = Parser(
+        raise_errors=raise_errors,
+        prog="python -m train",
+        description="Train ResNet9 on CIFAR-10 with the 'bag of tricks' recipe (94%% in "
+        "10 epochs). Without a GPU it runs a CPU-sized configuration unless "
+        "--full is given.",
+        epilog="exit codes: 0 done; 2 bad flags, or --resume of a different run; 3 "
+        "unreadable data or checkpoint; 4 the loss diverged; 130 / 143 stopped by "
+        "SIGINT / SIGTERM (after saving, with --checkpoint)",
+        argument_default=argparse.SUPPRESS,
+    )
+    add = p.add_argument
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data-dir",
+        help="folder with cifar-10-binary.tar.gz or "
+        "cifar-10-batches-bin/ (default: $CIFAR10_DIR, else a per-user cache)",
+    )
+    g.add_argument(
+        "--train-subset",
+        type=number_type("train_subset"),
+        metavar="N",
+        help="train on the first N training images",
+    )
+    g.add_argument(
+        "--test-subset",
+        type=number_type("test_subset"),
+        metavar="N",
+        help="evaluate on the first N test images",
+    )
+    g.add_argument(
+        "--no-download", dest="download", action="store_false", help="never download the data set"
+    )
+    g = p.add_argument_group("recipe")
+    g.add_argument("--epochs", type=number_type("epochs"))
+    g.add_argument("--batch-size", type=number_type("batch_size"))
+    g.add_argument("--lr", type=number_type("lr"), help="peak of the schedule (default 1.0)")
+    g.add_argument(
+        "--width", type=number_type("width"), help="channel multiplier (0.25 → 16/32/64/128)"
+    )
+    g.add_argument(
+        "--cutout", type=number_type("cutout"), metavar="SIZE", help="cutout square side; 0 = off"
+    )
+    g.add_argument(
+        "--no-tta",
+        dest="tta",
+        action="store_false",
+        help="evaluate without flip test-time augmentation",
+    )
+    g.add_argument("--activation", choices=("celu", "relu"))
+    g.add_argument("--celu-alpha", type=number_type("celu_alpha"))
+    g.add_argument(
+        "--ghost-batch",
+        type=number_type("ghost_batch"),
+        metavar="N",
+        help="images per ghost-BN split (default 32); 0 = plain batch norm",
+    )
+    g.add_argument("--frozen-bn-scale", type=on_off, metavar="on|off")
+    g.add_argument("--pool-before-bn", type=on_off, metavar="on|off")
+    g.add_argument("--whitening", type=on_off, metavar="on|off")
+    g.add_argument("--label-smoothing", type=number_type("label_smoothing"))
+    g.add_argument("--ema", type=on_off, metavar="on|off")
+    g.add_argument(
+        "--gpu-data",
+        type=on_off,
+        metavar="on|off",
+        help="preprocess and augment on the device (default on); off: on the "
+        "host, moving each batch, as the seed's baseline did",
+    )
+    g.add_argument(
+        "--eval-every",
+        type=number_type("eval_every"),
+        metavar="K",
+        help="evaluate every K epochs; 0 = last epoch only (default: 1 on a GPU, 0 on the CPU)",
+    )
+    g = p.add_argument_group("run")
+    g.add_argument(
+        "--runs", type=number_type("runs"), help="independent runs (mean ± std over them)"
+    )
+    g.add_argument("--seed", type=number_type("seed"))
+    g.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        help="eager | compile (torch.compile) | triton (fused kernels) | auto",
+    )
+    g.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--precision", choices=PRECISION_CHOICES)
+    g.add_argument(
+        "--warmup-steps", type=number_type("warmup_steps"), help="throwaway steps before the clock"
+    )
+    g.add_argument("--json", metavar="PATH", help="write every figure and the config here")
+    g.add_argument(
+        "--distribute",
+        choices=DISTRIBUTE_CHOICES,
+        help="under torchrun --nproc-per-node K: 'data' (default) trains each run "
+        "with DistributedDataParallel, batch split over the K processes; "
+        "'runs' spreads the independent --runs over them. Ignored by a "
+        "single process",
+    )
+    g.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="save the run here at every epoch end and when stopped by Ctrl-C or "
+        "SIGTERM (written atomically; a fresh run overwrites it); with --runs "
+        "N, one file per run, named with its seed before the suffix: "
+        "ck.pt -> ck.seed0.pt, ck.seed1.pt, ...",
+    )
+    g.add_argument(
+        "--resume",
+        metavar="PATH",
+        help="continue the run(s) saved at PATH (same naming as --checkpoint), "
+        "bit for bit on the CPU; give the same recipe flags as the stopped "
+        "run. Finished runs are read back, runs without a file start afresh. "
+        "Keeps saving to PATH unless --checkpoint says otherwise",
+    )
+    add(
+        "--full",
+        action="store_true",
+        help="on a CPU, run the full recipe anyway (hours) instead of the CPU-sized one",
+    )
+    g = p.add_argument_group("research")
+    g.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="start from a step of the seed's ladder (see --list-presets); other flags override it",
+    )
+    g.add_argument(
+        "--list-presets", action="store_true", help="print the seed's ladder of presets and exit"
+    )
+    g.add_argument(
+        "--plot",
+        metavar="DIR",
+        help="write PNGs: training curves, augmented examples, whitening filters",
+    )
+    return p
+
+
+#: Flags of the parser that are not configuration fields.
+_NOT_CONFIG = ("full", "preset", "list_presets", "plot", "checkpoint", "resume")
+
+
+def config_from_args(args: argparse.Namespace, *, has_gpu: bool) -> tuple[TrainConfig, str | None]:
+    """The validated config, and a note when the CPU-sized configuration was applied."""
+    given: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    note = None
+    device = given.get("device", "auto")
+    on_cpu = device == "cpu" or (device == "auto" and not has_gpu)
+    if on_cpu and not getattr(args, "full", False):
+        filled = {k: v for k, v in CPU_QUICK_OVERRIDES.items() if k not in given}
+        if filled:
+            given = {**filled, **given}
+            shown = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in filled.items())
+            note = (
+                f"No GPU in use: running the CPU-sized configuration ({shown}); the full "
+                "recipe takes hours on a CPU: add --full to run it anyway."
+            )
+    preset = getattr(args, "preset", None)
+    if preset is not None:
+        from train.presets import preset_config
+
+        return preset_config(preset, **given), note
+    return TrainConfig().replace(**given), note
+
+
+def load_data(config: TrainConfig):
+    """The data set with its subsets taken; notices printed. Raises DataError."""
+    import warnings
+
+    from train.data import load_cifar10
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load_cifar10(config.data_dir, download=config.download)
+    for warning in caught:
+        say(f"note: {warning.message}", flush=True)
+    return data
+
+
+def take_subsets(data: Any, config: TrainConfig) -> Any:
+    """The subsets the config asks for. Raises :class:`ConfigError` when a subset asks for
+    more images than the split holds, or a batch for more than the training images."""
+    from train.data import DataError
+
+    try:
+        data = data.subset(config.train_subset, config.test_subset)
+    except DataError as error:  # a value out of this data set's range: a flag's fault
+        raise ConfigError(str(error)) from None
+    available = data.train_images.shape[0]
+    if config.batch_size > available:
+        raise ConfigError(
+            f"--batch-size {config.batch_size:,} is more than the {available:,} "
+            "training images: no step would run; use a smaller --batch-size"
+        )
+    return data
+
+
+def fail(code: int, message: str) -> int:
+    """Report ``message`` on stderr in one line (rank 0 only under torchrun); return
+    ``code``."""
+    if not quiet():
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    return code
