@@ -3,6 +3,7 @@
 #   ./run.sh train [flags]   the trainer      (python -m train)
 #   ./run.sh test  [args]    the test suite   (pytest)
 #   ./run.sh bench [flags]   the bench suite  (python -m bench)
+#   ./run.sh lint            ruff: the lint rules and the formatting (what CI checks first)
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${VENV:-.venv}"
@@ -25,6 +26,8 @@ setup() {
   fi
   if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
     echo "setup: installing the project and its dependencies" >&2
+    # The test extra holds everything: the bench and plot extras' packages, pytest,
+    # hypothesis and ruff (see pyproject.toml).
     "$PY" -m pip install -q -e '.[test]'
     touch "$VENV/.installed"
   fi
@@ -36,5 +39,6 @@ case "$command" in
   train) setup; exec "$PY" -m train "$@" ;;
   test)  setup; exec "$PY" -m pytest "$@" ;;
   bench) setup; exec "$PY" -m bench "$@" ;;
-  *) echo "usage: ./run.sh train|test|bench [args]" >&2; exit 2 ;;
+  lint)  setup; "$PY" -m ruff check . && exec "$PY" -m ruff format --check . ;;
+  *) echo "usage: ./run.sh train|test|bench|lint [args]" >&2; exit 2 ;;
 esac

@@ -32,21 +32,39 @@ REPO = BENCH_DIR.parent
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true",
-                   help="CI sizes: quarter-width shapes, two BN sites, the CPU-sized step, "
-                        "one AOT spec per kernel")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI sizes: quarter-width shapes, two BN sites, the CPU-sized step, "
+        "one AOT spec per kernel",
+    )
     p.add_argument("--out", default="bench-results", help="output folder (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda[:N]")
-    p.add_argument("--budget", type=float, default=None,
-                   help="seconds of timing per comparison (default 2 quick, 4 full)")
-    p.add_argument("--widths", default=None,
-                   help="model widths of the BN sites, e.g. 1,0.25 (default 0.25 on a CPU "
-                        "or with --quick, 1,0.25 on a GPU)")
-    p.add_argument("-k", dest="keyword", default=None,
-                   help="only the benchmarks whose test id matches (pytest -k)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's own choice); on cores shared "
-                        "with other jobs 1 thread avoids OpenMP stalls")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds of timing per comparison (default 2 quick, 4 full)",
+    )
+    p.add_argument(
+        "--widths",
+        default=None,
+        help="model widths of the BN sites, e.g. 1,0.25 (default 0.25 on a CPU "
+        "or with --quick, 1,0.25 on a GPU)",
+    )
+    p.add_argument(
+        "-k",
+        dest="keyword",
+        default=None,
+        help="only the benchmarks whose test id matches (pytest -k)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's own choice); on cores shared "
+        "with other jobs 1 thread avoids OpenMP stalls",
+    )
     p.add_argument("--no-aot", action="store_true", help="skip the static kernel report")
     return p.parse_args(argv)
 
@@ -55,9 +73,20 @@ def run_suites(args: argparse.Namespace, out: Path) -> int:
     """The pytest-benchmark suites, in this process; returns pytest's exit code."""
     import pytest
 
-    cmd = [str(BENCH_DIR), "--benchmark-only", f"--benchmark-json={out / 'pytest-benchmark.json'}",
-           "--benchmark-quiet", "-q", "-p", "no:cacheprovider", "--rootdir", str(REPO),
-           "-W", "ignore::DeprecationWarning", f"--bench-device={args.device}"]
+    cmd = [
+        str(BENCH_DIR),
+        "--benchmark-only",
+        f"--benchmark-json={out / 'pytest-benchmark.json'}",
+        "--benchmark-quiet",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(REPO),
+        "-W",
+        "ignore::DeprecationWarning",
+        f"--bench-device={args.device}",
+    ]
     if args.quick:
         cmd.append("--bench-quick")
     if args.budget:
@@ -80,15 +109,19 @@ def counters_and_model(device: Any) -> dict[str, Any]:
     from bench.workloads import STEPS_PER_EPOCH, count_train_step, step_ops
 
     shape = StepShape(1.0, RECIPE_BATCH)
-    dtype, channels_last = torch.float16, True          # train.runtime's choice on a GPU
+    dtype, channels_last = torch.float16, True  # train.runtime's choice on a GPU
     start = time.perf_counter()
     count = count_train_step(shape, dtype, channels_last)
     compiled_model = cases.STEP_COMPILED_BYTES.get((shape.label, str(dtype), channels_last))
     compiled_augment = cases.augment_bytes_for(RECIPE_BATCH, dtype).get("compile", (None, ""))[0]
     ops, per_backend, not_modelled = {}, {}, {}
     for backend in ("eager", "compile", "triton"):
-        backend_ops, how = step_ops(count, backend, compiled_model_bytes=compiled_model,
-                                    compiled_augment_bytes=compiled_augment)
+        backend_ops, how = step_ops(
+            count,
+            backend,
+            compiled_model_bytes=compiled_model,
+            compiled_augment_bytes=compiled_augment,
+        )
         if backend_ops is None:
             not_modelled[backend] = how
             cases.not_measured(f"bytes per step, {backend}, GPU configuration", how)
@@ -98,11 +131,20 @@ def counters_and_model(device: Any) -> dict[str, Any]:
     steps = 10 * STEPS_PER_EPOCH
     model = {
         "label": roofline.LABEL,
-        "configuration": (f"ResNet9 width 1, batch {RECIPE_BATCH}, fp16 autocast, "
-                          f"channels_last; {STEPS_PER_EPOCH} steps per epoch, 10 epochs"),
+        "configuration": (
+            f"ResNet9 width 1, batch {RECIPE_BATCH}, fp16 autocast, "
+            f"channels_last; {STEPS_PER_EPOCH} steps per epoch, 10 epochs"
+        ),
         "assumptions": list(roofline.ASSUMPTIONS),
-        "gpus": [{"name": g.name, "bandwidth_gbs": g.bandwidth_gbs,
-                  "tensor_tflops": g.tensor_tflops, "source": g.source} for g in roofline.GPUS],
+        "gpus": [
+            {
+                "name": g.name,
+                "bandwidth_gbs": g.bandwidth_gbs,
+                "tensor_tflops": g.tensor_tflops,
+                "source": g.source,
+            }
+            for g in roofline.GPUS
+        ],
         "rows": roofline.roofline_table(ops, steps),
         "not_modelled": not_modelled,
     }
@@ -118,9 +160,11 @@ def counters_and_model(device: Any) -> dict[str, Any]:
         "flops_per_step": count.flops,
         "bytes_per_step": per_backend,
         "eager_bytes_by_phase": count.phases,
-        "conv_check": {"layer": "layer1 conv 3×3 64→128 at 32×32, batch 512",
-                       "hand_2BCinCout9HW": conv_flops(RECIPE_BATCH, 64, 128, 32, 32),
-                       "flop_counter": counted},
+        "conv_check": {
+            "layer": "layer1 conv 3×3 64→128 at 32×32, batch 512",
+            "hand_2BCinCout9HW": conv_flops(RECIPE_BATCH, 64, 128, 32, 32),
+            "flop_counter": counted,
+        },
         "seconds": time.perf_counter() - start,
         "roofline": model,
     }
@@ -138,22 +182,30 @@ def aot_report(quick: bool) -> dict[str, Any]:
         specs = aot.all_specs()
         if quick:
             chosen: dict[str, Any] = {}
-            for spec in specs:           # the first fp16 configuration of each kernel
+            for spec in specs:  # the first fp16 configuration of each kernel
                 name = getattr(spec.kernel, "__name__", None) or getattr(
-                    getattr(spec.kernel, "fn", None), "__name__", spec.label)
-                if name not in chosen or ("fp16" in spec.label
-                                          and "fp16" not in chosen[name].label):
+                    getattr(spec.kernel, "fn", None), "__name__", spec.label
+                )
+                if name not in chosen or (
+                    "fp16" in spec.label and "fp16" not in chosen[name].label
+                ):
                     chosen[name] = spec
             specs = list(chosen.values())
-            not_measured("static kernel report: other configurations",
-                         "--quick compiles one configuration per kernel")
+            not_measured(
+                "static kernel report: other configurations",
+                "--quick compiles one configuration per kernel",
+            )
         reports = aot.report(aot.DEFAULT_ARCHS, specs)
-    except Exception as error:   # noqa: BLE001 - any toolchain failure becomes a reason
+    except Exception as error:  # noqa: BLE001 - any toolchain failure becomes a reason
         reason = f"{type(error).__name__}: {error}"
         not_measured("static kernel report", reason)
         return {"reports": [], "error": reason, "table": ""}
-    return {"reports": [r.to_json() for r in reports], "table": aot.format_table(reports),
-            "archs": list(aot.DEFAULT_ARCHS), "seconds": time.perf_counter() - start}
+    return {
+        "reports": [r.to_json() for r in reports],
+        "table": aot.format_table(reports),
+        "archs": list(aot.DEFAULT_ARCHS),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": bench_json.get("bench", {}).get("settings", {}),
         "times_include": {
             "ops": "one call of the op on inputs already on the device; compile excluded "
-                   "(first_call_s reports the first call, compile included)",
+            "(first_call_s reports the first call, compile included)",
             "step": "forward, loss, backward, SGD step, EMA every 5 steps; no augmentation",
             "epoch": "shuffle + augmentation of 50,000 images in batches of 512; no network",
         },
@@ -201,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         "roofline": counters["roofline"],
         "aot_kernel_report": aot["reports"],
         "aot_error": aot.get("error"),
-        "files": {"pytest_benchmark_json": str(bench_json_path),
-                  "summary_json": str(out / "summary.json")},
+        "files": {
+            "pytest_benchmark_json": str(bench_json_path),
+            "summary_json": str(out / "summary.json"),
+        },
         "pytest_exit_code": code,
         "wall_time_s": {"suites": suites_s, "total": wall},
     }

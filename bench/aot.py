@@ -102,7 +102,7 @@ class KernelReport:
     has_128bit_loads: bool
     has_128bit_stores: bool
     ptxas_verbose: str
-    divisibility_hints: int          # arguments carrying tt.divisibility=16 in Triton's IR
+    divisibility_hints: int  # arguments carrying tt.divisibility=16 in Triton's IR
     compile_seconds: float = field(compare=False)
 
     @property
@@ -136,7 +136,8 @@ def _import_triton() -> Any:
         import triton
     except ImportError as e:
         raise RuntimeError(
-            f"ahead-of-time compilation needs the triton package: {_INSTALL_HINT}") from e
+            f"ahead-of-time compilation needs the triton package: {_INSTALL_HINT}"
+        ) from e
     try:
         importlib.import_module("triton.backends.nvidia.compiler")
     except ImportError as e:
@@ -233,12 +234,16 @@ def divisibility_attrs(spec: AotSpec, arg_names: Sequence[str]) -> dict[tuple[in
     attrs: dict[tuple[int, ...], list] = {}
     for name in spec.divisible_by_16:
         if name not in arg_names:
-            raise ValueError(f"{spec.label}: divisible_by_16 names {name!r}, which is not an "
-                             f"argument of {arg_names}")
+            raise ValueError(
+                f"{spec.label}: divisible_by_16 names {name!r}, which is not an "
+                f"argument of {arg_names}"
+            )
         kind = spec.signature.get(name)
         if kind is None or kind == "constexpr" or not (kind.startswith("*") or kind[0] in "iu"):
-            raise ValueError(f"{spec.label}: divisible_by_16 argument {name!r} has type {kind!r};"
-                             " only pointer and integer arguments take the hint")
+            raise ValueError(
+                f"{spec.label}: divisible_by_16 argument {name!r} has type {kind!r};"
+                " only pointer and integer arguments take the hint"
+            )
         attrs[(arg_names.index(name),)] = [list(DIVISIBILITY_ATTR)]
     return attrs
 
@@ -248,8 +253,10 @@ def _check_signature(spec: AotSpec, arg_names: Sequence[str]) -> dict[str, str]:
     missing = [a for a in arg_names if a not in spec.signature]
     extra = [a for a in spec.signature if a not in arg_names]
     if missing or extra:
-        raise ValueError(f"{spec.label}: signature must name every kernel argument exactly; "
-                         f"missing {missing}, unknown {extra}")
+        raise ValueError(
+            f"{spec.label}: signature must name every kernel argument exactly; "
+            f"missing {missing}, unknown {extra}"
+        )
     unset = [a for a in arg_names if spec.signature[a] == "constexpr" and a not in spec.constexprs]
     if unset:
         raise ValueError(f"{spec.label}: constexpr arguments without a value: {unset}")
@@ -321,14 +328,19 @@ def parse_resource_usage(text: str, kernel: str) -> dict[str, int]:
     """REG/STACK/SHARED/LOCAL of ``kernel`` from ``cuobjdump --dump-resource-usage``."""
     block = re.search(rf"Function {re.escape(kernel)}:\s*\n\s*(.*)", text)
     line = block.group(1) if block else text
-    return {key.lower(): _field(rf"\b{key}:(\d+)", line, key, "cuobjdump --dump-resource-usage")
-            for key in ("REG", "STACK", "SHARED", "LOCAL")}
+    return {
+        key.lower(): _field(rf"\b{key}:(\d+)", line, key, "cuobjdump --dump-resource-usage")
+        for key in ("REG", "STACK", "SHARED", "LOCAL")
+    }
 
 
 def _ptxas_summary(log: str) -> str:
     """ptxas's own resource lines, prefixes dropped, joined by "; "."""
-    keep = (re.sub(r"^ptxas[\w-]* info\s*:\s*", "", line.strip()) for line in log.splitlines()
-            if re.search(r"Used \d+ registers|bytes stack frame|bytes smem", line))
+    keep = (
+        re.sub(r"^ptxas[\w-]* info\s*:\s*", "", line.strip())
+        for line in log.splitlines()
+        if re.search(r"Used \d+ registers|bytes stack frame|bytes smem", line)
+    )
     return "; ".join(keep)
 
 
@@ -354,10 +366,17 @@ _CACHE_LOCK = threading.Lock()
 
 def _spec_key(spec: AotSpec, arch: int) -> tuple[Any, ...]:
     kernel = getattr(spec.kernel, "fn", spec.kernel)
-    return (spec.label, int(arch), getattr(kernel, "__module__", ""),
-            getattr(kernel, "__qualname__", repr(kernel)),
-            tuple(spec.signature.items()), repr(sorted(spec.constexprs.items())),
-            spec.num_warps, spec.num_stages, tuple(spec.divisible_by_16))
+    return (
+        spec.label,
+        int(arch),
+        getattr(kernel, "__module__", ""),
+        getattr(kernel, "__qualname__", repr(kernel)),
+        tuple(spec.signature.items()),
+        repr(sorted(spec.constexprs.items())),
+        spec.num_warps,
+        spec.num_stages,
+        tuple(spec.divisible_by_16),
+    )
 
 
 def compile_kernel(spec: AotSpec, arch: int) -> Any:
@@ -374,12 +393,17 @@ def compile_kernel(spec: AotSpec, arch: int) -> Any:
     if _interpreter_on():
         raise RuntimeError(
             "compile_kernel cannot run while TRITON_INTERPRET=1 is set (the interpreter rewires "
-            "triton.language); use compile_spec, which compiles in a separate process then")
+            "triton.language); use compile_spec, which compiles in a separate process then"
+        )
     fn = spec.kernel
     arg_names = list(fn.arg_names)
     signature = _check_signature(spec, arg_names)
-    src = ASTSource(fn=fn, signature=signature, constexprs=dict(spec.constexprs),
-                    attrs=divisibility_attrs(spec, arg_names))
+    src = ASTSource(
+        fn=fn,
+        signature=signature,
+        constexprs=dict(spec.constexprs),
+        attrs=divisibility_attrs(spec, arg_names),
+    )
     options: dict[str, Any] = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
     knobs = getattr(triton, "knobs", None)
     if knobs is not None:
@@ -408,10 +432,19 @@ def compile_spec(spec: AotSpec, arch: int) -> KernelReport:
         ptx_file, cubin_file = Path(tmp, f"{name}.ptx"), Path(tmp, f"{name}.cubin")
         ptx_file.write_text(ptx)
         cubin_file.write_bytes(cubin)
-        ptxas_log = _run([ptxas, *_ptxas_flags(kernel.metadata), f"--gpu-name={sm_name(arch)}",
-                          str(ptx_file), "-o", str(Path(tmp, "rerun.cubin"))])
+        ptxas_log = _run(
+            [
+                ptxas,
+                *_ptxas_flags(kernel.metadata),
+                f"--gpu-name={sm_name(arch)}",
+                str(ptx_file),
+                "-o",
+                str(Path(tmp, "rerun.cubin")),
+            ]
+        )
         usage = parse_resource_usage(
-            _run([cuobjdump, "--dump-resource-usage", str(cubin_file)]), name)
+            _run([cuobjdump, "--dump-resource-usage", str(cubin_file)]), name
+        )
         sass = _run([cuobjdump, "-sass", str(cubin_file)])
     verbose = parse_ptxas_verbose(ptxas_log)
     ops = sass_opcodes(sass)
@@ -434,8 +467,9 @@ def compile_spec(spec: AotSpec, arch: int) -> KernelReport:
         static_shared_bytes=usage["shared"],
         dynamic_shared_bytes=int(kernel.metadata.shared),
         # LDL/STL in the real cubin: an independent sign of spilling or local arrays
-        local_memory_instructions=sum(n for op, n in ops.items()
-                                      if op.split(".")[0] in ("LDL", "STL")),
+        local_memory_instructions=sum(
+            n for op, n in ops.items() if op.split(".")[0] in ("LDL", "STL")
+        ),
         global_loads=loads,
         global_stores=stores,
         load_widths=load_widths,
@@ -467,16 +501,25 @@ def _validate(spec: AotSpec) -> None:
     divisibility_attrs(spec, arg_names)
     for name, value in spec.constexprs.items():
         if not isinstance(value, (bool, int, float, str)):
-            raise ValueError(f"{spec.label}: constexpr {name}={value!r} cannot be sent to the "
-                             "compiler process (use bool/int/float/str values)")
+            raise ValueError(
+                f"{spec.label}: constexpr {name}={value!r} cannot be sent to the "
+                "compiler process (use bool/int/float/str values)"
+            )
 
 
 def _request(spec: AotSpec, arch: int) -> dict[str, Any]:
     fn = getattr(spec.kernel, "fn", spec.kernel)
-    return {"module": fn.__module__, "name": fn.__qualname__, "label": spec.label,
-            "signature": spec.signature, "constexprs": spec.constexprs,
-            "num_warps": spec.num_warps, "num_stages": spec.num_stages,
-            "divisible_by_16": list(spec.divisible_by_16), "arch": int(arch)}
+    return {
+        "module": fn.__module__,
+        "name": fn.__qualname__,
+        "label": spec.label,
+        "signature": spec.signature,
+        "constexprs": spec.constexprs,
+        "num_warps": spec.num_warps,
+        "num_stages": spec.num_stages,
+        "divisible_by_16": list(spec.divisible_by_16),
+        "arch": int(arch),
+    }
 
 
 def _compile_in_child(jobs: Sequence[tuple[AotSpec, int]]) -> list[KernelReport]:
@@ -487,20 +530,27 @@ def _compile_in_child(jobs: Sequence[tuple[AotSpec, int]]) -> list[KernelReport]
     process that imports each kernel anew (by module and name) sees plain Triton, whatever
     this process has run; only JSON crosses the boundary, and one child serves a whole batch.
     """
-    _import_triton()      # a missing triton is reported here, not from inside the child
+    _import_triton()  # a missing triton is reported here, not from inside the child
     for spec, _ in jobs:
         _validate(spec)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     # Each kernel's module must import in the child as it did here (test modules live on
     # sys.path entries that pytest added).
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    child = subprocess.run([sys.executable, "-m", "bench.aot", "--child"],
-                           input=json.dumps([_request(s, a) for s, a in jobs]),
-                           capture_output=True, text=True, env=env, timeout=3600)
+    child = subprocess.run(
+        [sys.executable, "-m", "bench.aot", "--child"],
+        input=json.dumps([_request(s, a) for s, a in jobs]),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3600,
+    )
     if child.returncode != 0:
         labels = ", ".join(sorted({s.label for s, _ in jobs}))
-        raise RuntimeError(f"ahead-of-time compile of {labels} failed in the compiler "
-                           f"process:\n{child.stderr.strip()[-4000:]}")
+        raise RuntimeError(
+            f"ahead-of-time compile of {labels} failed in the compiler "
+            f"process:\n{child.stderr.strip()[-4000:]}"
+        )
     return [_report_from_json(r) for r in json.loads(child.stdout.strip().splitlines()[-1])]
 
 
@@ -534,10 +584,15 @@ def _child_main() -> int:
         kernel = importlib.import_module(request["module"])
         for part in request["name"].split("."):
             kernel = getattr(kernel, part)
-        spec = AotSpec(label=request["label"], kernel=kernel, signature=request["signature"],
-                       constexprs=request["constexprs"], num_warps=request["num_warps"],
-                       num_stages=request["num_stages"],
-                       divisible_by_16=tuple(request["divisible_by_16"]))
+        spec = AotSpec(
+            label=request["label"],
+            kernel=kernel,
+            signature=request["signature"],
+            constexprs=request["constexprs"],
+            num_warps=request["num_warps"],
+            num_stages=request["num_stages"],
+            divisible_by_16=tuple(request["divisible_by_16"]),
+        )
         reports.append(compile_spec(spec, request["arch"]).to_json())
     print(json.dumps(reports))
     return 0
@@ -553,7 +608,10 @@ def _child_main() -> int:
 #: learnable scale in fp16 — together every kernel, both dtypes, both activations and both
 #: weight modes.
 GHOST_BN_RECIPES: tuple[tuple[float, str, str, bool], ...] = (
-    (1.0, "fp16", "celu", False), (1.0, "bf16", "celu", False), (1.0, "fp16", "relu", True))
+    (1.0, "fp16", "celu", False),
+    (1.0, "bf16", "celu", False),
+    (1.0, "fp16", "relu", True),
+)
 
 
 def ghost_bn_act_specs(full: bool = False) -> list[AotSpec]:
@@ -567,15 +625,32 @@ def ghost_bn_act_specs(full: bool = False) -> list[AotSpec]:
     included (~290 specs; every one of them compiled without spills when this was written).
     """
     if full:
-        recipes = [(w, dt, act, hw) for w in (1.0, QUARTER) for dt in ("fp16", "bf16")
-                   for act in ("celu", "relu") for hw in (False, True)]
+        recipes = [
+            (w, dt, act, hw)
+            for w in (1.0, QUARTER)
+            for dt in ("fp16", "bf16")
+            for act in ("celu", "relu")
+            for hw in (False, True)
+        ]
     else:
         recipes = list(GHOST_BN_RECIPES)
     # Recipe-major order, as the labels of deduplicated specs depend on it (first one wins).
     return ghost_bn_act_aot_specs(
-        AotSite(site.name, site.channels, site.height, site.width, site.pool, dt, act,
-                has_weight, site.batch, site.splits)
-        for width, dt, act, has_weight in recipes for site in bn_sites(RECIPE_BATCH, width))
+        AotSite(
+            site.name,
+            site.channels,
+            site.height,
+            site.width,
+            site.pool,
+            dt,
+            act,
+            has_weight,
+            site.batch,
+            site.splits,
+        )
+        for width, dt, act, has_weight in recipes
+        for site in bn_sites(RECIPE_BATCH, width)
+    )
 
 
 def all_specs() -> list[AotSpec]:
@@ -590,8 +665,9 @@ def all_specs() -> list[AotSpec]:
     return specs
 
 
-def report(archs: Iterable[int] = DEFAULT_ARCHS,
-           specs: Sequence[AotSpec] | None = None) -> list[KernelReport]:
+def report(
+    archs: Iterable[int] = DEFAULT_ARCHS, specs: Sequence[AotSpec] | None = None
+) -> list[KernelReport]:
     """Compile every spec (default: :func:`all_specs`) for every arch, spec-major order."""
     specs = all_specs() if specs is None else specs
     return compile_specs(specs, archs)
@@ -603,14 +679,31 @@ def _widths_summary(widths: dict[int, int]) -> str:
 
 def format_table(reports: Sequence[KernelReport]) -> str:
     """A plain-text table: one row per kernel and arch."""
-    header = ("label", "kernel", "arch", "warps", "regs", "spill st/ld", "smem st+dyn",
-              "128b ld", "loads", "stores")
+    header = (
+        "label",
+        "kernel",
+        "arch",
+        "warps",
+        "regs",
+        "spill st/ld",
+        "smem st+dyn",
+        "128b ld",
+        "loads",
+        "stores",
+    )
     rows = [header] + [
-        (r.label, r.kernel, r.arch, str(r.num_warps), str(r.registers),
-         f"{r.spill_store_bytes}/{r.spill_load_bytes}",
-         f"{r.static_shared_bytes}+{r.dynamic_shared_bytes}",
-         "yes" if r.has_128bit_loads else "no",
-         _widths_summary(r.load_widths), _widths_summary(r.store_widths))
+        (
+            r.label,
+            r.kernel,
+            r.arch,
+            str(r.num_warps),
+            str(r.registers),
+            f"{r.spill_store_bytes}/{r.spill_load_bytes}",
+            f"{r.static_shared_bytes}+{r.dynamic_shared_bytes}",
+            "yes" if r.has_128bit_loads else "no",
+            _widths_summary(r.load_widths),
+            _widths_summary(r.store_widths),
+        )
         for r in reports
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -624,11 +717,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.aot",
         description="Compile the Triton kernels for NVIDIA GPUs (no GPU needed) and report "
-                    "registers, spills, shared memory and global load/store widths.")
-    parser.add_argument("--arch", type=int, nargs="+", default=list(DEFAULT_ARCHS),
-                        help="compute capabilities, e.g. 80 (A100) 90 (H100); default 80 90")
-    parser.add_argument("--label", default=None,
-                        help="only specs whose label contains this string")
+        "registers, spills, shared memory and global load/store widths.",
+    )
+    parser.add_argument(
+        "--arch",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_ARCHS),
+        help="compute capabilities, e.g. 80 (A100) 90 (H100); default 80 90",
+    )
+    parser.add_argument("--label", default=None, help="only specs whose label contains this string")
     parser.add_argument("--json", type=Path, default=None, help="also write the reports here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -39,15 +39,33 @@ from bench import baselines
 from bench.counters import count_bytes, gbps, inductor_graph_bytes
 from bench.shapes import AugmentShape, BNSite, StepShape
 from bench.timing import Samples, Timed, TimingPlan, compare, device_name, rotation_count
-from bench.workloads import (STEPS_PER_EPOCH, count_train_step, make_train_step, runtime_for,
-                             step_inputs, synthetic_images, triton_augment_bytes,
-                             triton_ghost_bn_act_bytes)
+from bench.workloads import (
+    STEPS_PER_EPOCH,
+    count_train_step,
+    make_train_step,
+    runtime_for,
+    step_inputs,
+    synthetic_images,
+    triton_augment_bytes,
+    triton_ghost_bn_act_bytes,
+)
 from train.config import CIFAR10_MEAN, CIFAR10_STD
 
 __all__ = [
-    "Candidate", "Comparison", "Result", "measure", "NOT_MEASURED", "COMPILE_TIMES",
-    "not_measured", "augment_comparison", "ghost_bn_act_comparison", "step_comparison",
-    "epoch_comparison", "tolerance", "DisagreementError", "triton_reason",
+    "Candidate",
+    "Comparison",
+    "Result",
+    "measure",
+    "NOT_MEASURED",
+    "COMPILE_TIMES",
+    "not_measured",
+    "augment_comparison",
+    "ghost_bn_act_comparison",
+    "step_comparison",
+    "epoch_comparison",
+    "tolerance",
+    "DisagreementError",
+    "triton_reason",
 ]
 
 #: (what, reason) for everything the suite did not time or count — the summary lists them.
@@ -102,7 +120,7 @@ class Candidate:
     """One way of doing the work: ``fn()`` does one call (rotating through input sets)."""
 
     fn: Callable[[], Any] | Timed
-    bytes: int | None = None          # counted bytes per call
+    bytes: int | None = None  # counted bytes per call
     bytes_how: str = ""
     first_call_s: float | None = None  # the first call, compile included
 
@@ -118,11 +136,11 @@ class Comparison:
     dtype: torch.dtype
     device: torch.device
     candidates: dict[str, Candidate]
-    skipped: dict[str, str] = field(default_factory=dict)   # candidate -> reason
+    skipped: dict[str, str] = field(default_factory=dict)  # candidate -> reason
     flops: int | None = None
-    agreement: dict[str, float] = field(default_factory=dict)   # candidate -> scaled error
+    agreement: dict[str, float] = field(default_factory=dict)  # candidate -> scaled error
     extra: dict[str, Any] = field(default_factory=dict)
-    plan: TimingPlan | None = None     # overrides the run's plan (e.g. seconds-long calls)
+    plan: TimingPlan | None = None  # overrides the run's plan (e.g. seconds-long calls)
 
     @property
     def key(self) -> str:
@@ -150,15 +168,24 @@ class Result:
     def extra_info(self) -> dict[str, Any]:
         """What pytest-benchmark stores beside the samples (and the table reads back)."""
         c, cand = self.comparison, self.candidate
-        tflops = (c.flops / self.samples.median / 1e12
-                  if c.flops and self.samples.median else None)
+        tflops = c.flops / self.samples.median / 1e12 if c.flops and self.samples.median else None
         return {
-            "op": c.op, "variant": c.variant, "label": c.label, "backend": self.backend,
-            "device": device_name(c.device), "dtype": str(c.dtype).replace("torch.", ""),
-            "shape": c.shape, "bytes": cand.bytes, "bytes_how": cand.bytes_how,
-            "gbps": self.gbps, "flops": c.flops, "tflops": tflops,
-            "median_s": self.samples.median, "p20_s": self.samples.p20,
-            "p80_s": self.samples.p80, "samples": len(self.samples.seconds),
+            "op": c.op,
+            "variant": c.variant,
+            "label": c.label,
+            "backend": self.backend,
+            "device": device_name(c.device),
+            "dtype": str(c.dtype).replace("torch.", ""),
+            "shape": c.shape,
+            "bytes": cand.bytes,
+            "bytes_how": cand.bytes_how,
+            "gbps": self.gbps,
+            "flops": c.flops,
+            "tflops": tflops,
+            "median_s": self.samples.median,
+            "p20_s": self.samples.p20,
+            "p80_s": self.samples.p80,
+            "samples": len(self.samples.seconds),
             "calls_per_sample": self.samples.calls_per_sample,
             "timing": self.samples.method,
             "speedup_vs_eager": self.speedup_vs_eager,
@@ -185,12 +212,15 @@ def measure(comparison: Comparison, plan: TimingPlan) -> dict[str, Result]:
     results = {}
     for name, s in samples.items():
         results[name] = Result(
-            comparison, name, s,
+            comparison,
+            name,
+            s,
             speedup_vs_eager=eager.median / s.median if eager else None,
-            speedup_vs_compile=comp.median / s.median if comp else None)
+            speedup_vs_compile=comp.median / s.median if comp else None,
+        )
     _RESULTS[comparison.key] = results
     for cand in comparison.candidates.values():
-        cand.fn = _released     # drop the inputs (and retained graphs) the closures hold
+        cand.fn = _released  # drop the inputs (and retained graphs) the closures hold
     return results
 
 
@@ -208,8 +238,9 @@ def cached(key: str, build: Callable[[], Comparison]) -> Comparison:
 _COMPARISONS: dict[str, Comparison] = {}
 
 
-def _first_call(what: str, fn: Callable[[], Any] | Timed, device: torch.device,
-                record: bool = False) -> float:
+def _first_call(
+    what: str, fn: Callable[[], Any] | Timed, device: torch.device, record: bool = False
+) -> float:
     """Seconds of the first call of ``fn``; with ``record`` it is a compile (or Triton JIT)
     event and goes into :data:`COMPILE_TIMES` under ``what``."""
     if isinstance(fn, Timed):
@@ -237,11 +268,12 @@ def _cycle(items: list[Any]) -> Callable[[], Any]:
 # ------------------------------------------------------------------------------------------
 
 _BN_DIRECTIONS = ("fwd", "bwd", "fwd+bwd")
-_bn_compiled: dict[str, dict[str, int]] = {}   # site key -> Inductor bytes {"fwd", "bwd"}
+_bn_compiled: dict[str, dict[str, int]] = {}  # site key -> Inductor bytes {"fwd", "bwd"}
 
 
-def _bn_inputs(site: BNSite, dtype: torch.dtype, device: torch.device, channels_last: bool,
-               seed: int) -> dict[str, torch.Tensor]:
+def _bn_inputs(
+    site: BNSite, dtype: torch.dtype, device: torch.device, channels_last: bool, seed: int
+) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(site.shape, generator=g).to(dtype)
     if channels_last:
@@ -250,15 +282,28 @@ def _bn_inputs(site: BNSite, dtype: torch.dtype, device: torch.device, channels_
     if channels_last:
         dy = dy.contiguous(memory_format=torch.channels_last)
     c = site.channels
-    return {"x": x.to(device).requires_grad_(), "bias": (0.1 * torch.randn(c, generator=g))
-            .to(device).requires_grad_(), "running_mean": torch.zeros(c, device=device),
-            "running_var": torch.ones(c, device=device), "dy": dy.to(device)}
+    return {
+        "x": x.to(device).requires_grad_(),
+        "bias": (0.1 * torch.randn(c, generator=g)).to(device).requires_grad_(),
+        "running_mean": torch.zeros(c, device=device),
+        "running_var": torch.ones(c, device=device),
+        "dy": dy.to(device),
+    }
 
 
 def _bn_call(site: BNSite, backend: str, inp: dict[str, torch.Tensor]) -> torch.Tensor:
     return kernels.ghost_bn_act(
-        inp["x"], inp["bias"], inp["running_mean"], inp["running_var"], splits=site.splits,
-        pool=site.pool, act="celu", alpha=0.3, training=True, backend=backend)
+        inp["x"],
+        inp["bias"],
+        inp["running_mean"],
+        inp["running_var"],
+        splits=site.splits,
+        pool=site.pool,
+        act="celu",
+        alpha=0.3,
+        training=True,
+        backend=backend,
+    )
 
 
 def _bn_grads(y: torch.Tensor, inp: dict[str, torch.Tensor], retain: bool) -> tuple:
@@ -275,25 +320,44 @@ def _bn_check(site: BNSite, backend: str, inp: dict[str, torch.Tensor]) -> float
     ref_y = _bn_call(site, "eager", ref_in)
     got_y = _bn_call(site, backend, got_in)
     errors = [_scaled_error(got_y, ref_y)]
-    errors += [_scaled_error(g, r) for g, r in zip(_bn_grads(got_y, got_in, False),
-                                                   _bn_grads(ref_y, ref_in, False))]
+    errors += [
+        _scaled_error(g, r)
+        for g, r in zip(_bn_grads(got_y, got_in, False), _bn_grads(ref_y, ref_in, False))
+    ]
     errors += [_scaled_error(got_in[k], ref_in[k]) for k in ("running_mean", "running_var")]
     return max(errors)
 
 
-def ghost_bn_act_comparison(site: BNSite, direction: str, device: torch.device,
-                            dtype: torch.dtype, channels_last: bool,
-                            backends: Iterable[str] = ("eager", "compile", "triton")
-                            ) -> Comparison:
+def ghost_bn_act_comparison(
+    site: BNSite,
+    direction: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    channels_last: bool,
+    backends: Iterable[str] = ("eager", "compile", "triton"),
+) -> Comparison:
     """One BN site, one direction ("fwd", "bwd" or "fwd+bwd"), every backend."""
     if direction not in _BN_DIRECTIONS:
         raise ValueError(f"direction must be one of {_BN_DIRECTIONS}; got {direction!r}")
     per_set = (2 * math.prod(site.shape) + math.prod(site.out_shape)) * torch.finfo(dtype).bits // 8
     sets = rotation_count(per_set, device)
-    comp = Comparison("ghost_bn_act", direction, site.label, site.shape_str(), dtype, device, {},
-                      extra={"site": site.name, "sites_in_model": site.times,
-                             "splits": site.splits, "pool": site.pool,
-                             "channels_last": channels_last, "input_sets": sets})
+    comp = Comparison(
+        "ghost_bn_act",
+        direction,
+        site.label,
+        site.shape_str(),
+        dtype,
+        device,
+        {},
+        extra={
+            "site": site.name,
+            "sites_in_model": site.times,
+            "splits": site.splits,
+            "pool": site.pool,
+            "channels_last": channels_last,
+            "input_sets": sets,
+        },
+    )
     reason = triton_reason(device)
     site_key = f"{site.label}/{str(dtype)}/{channels_last}"
     for backend in backends:
@@ -317,10 +381,9 @@ def ghost_bn_act_comparison(site: BNSite, direction: str, device: torch.device,
                     torch.cuda.synchronize(device)
                 first = time.perf_counter() - start
             COMPILE_TIMES.setdefault(f"ghost_bn_act {site.label} (fwd+bwd graphs)", first)
-            _bn_compiled[site_key] = {"fwd": sum(fwd_graphs),
-                                      "bwd": sum(graphs) - sum(fwd_graphs)}
+            _bn_compiled[site_key] = {"fwd": sum(fwd_graphs), "bwd": sum(graphs) - sum(fwd_graphs)}
         if direction == "fwd":
-            fn = (lambda b=backend, n=nxt: _bn_call(site, b, n()))
+            fn = lambda b=backend, n=nxt: _bn_call(site, b, n())
         elif direction == "bwd":
             # Each timed backward consumes a forward graph built, untimed, just before it
             # (a compiled backward cannot be replayed with retain_graph).
@@ -330,14 +393,20 @@ def ghost_bn_act_comparison(site: BNSite, direction: str, device: torch.device,
 
             fn = Timed(fn=lambda args: _bn_grads(args[0], args[1], False), setup=setup)
         else:
+
             def fn(b=backend, n=nxt):
                 inp = n()
                 return _bn_grads(_bn_call(site, b, inp), inp, False)
+
         if first is None:
             # Triton compiles each kernel on its first launch: the fwd and bwd directions
             # are the first to launch the forward and the backward kernels.
-            first = _first_call(f"ghost_bn_act {site.label} {direction} {backend} (JIT)", fn,
-                                device, record=backend == "triton" and direction != "fwd+bwd")
+            first = _first_call(
+                f"ghost_bn_act {site.label} {direction} {backend} (JIT)",
+                fn,
+                device,
+                record=backend == "triton" and direction != "fwd+bwd",
+            )
         comp.candidates[backend] = Candidate(fn, first_call_s=first)
     # Agreement before timing.
     check_in = _bn_inputs(site, dtype, device, channels_last, seed=1234)
@@ -348,8 +417,14 @@ def ghost_bn_act_comparison(site: BNSite, direction: str, device: torch.device,
     return comp
 
 
-def _bn_bytes(comp: Comparison, site: BNSite, direction: str, dtype: torch.dtype,
-              channels_last: bool, site_key: str) -> None:
+def _bn_bytes(
+    comp: Comparison,
+    site: BNSite,
+    direction: str,
+    dtype: torch.dtype,
+    channels_last: bool,
+    site_key: str,
+) -> None:
     parts = ("fwd", "bwd") if direction == "fwd+bwd" else (direction,)
     if "eager" in comp.candidates:
         inp = _bn_inputs(site, dtype, comp.device, channels_last, seed=99)
@@ -364,7 +439,8 @@ def _bn_bytes(comp: Comparison, site: BNSite, direction: str, dtype: torch.dtype
         comp.candidates["compile"].bytes_how = "Inductor's count of its compiled graphs"
     if "triton" in comp.candidates:
         comp.candidates["triton"].bytes = sum(
-            triton_ghost_bn_act_bytes(site.shape, dtype, site.pool, p) for p in parts)
+            triton_ghost_bn_act_bytes(site.shape, dtype, site.pool, p) for p in parts
+        )
         comp.candidates["triton"].bytes_how = "kernels.ghost_bn_act.ghost_bn_act_bytes"
     # The least any implementation can move: read x and write y (forward); read x, y (or
     # recompute) and dy, write dx (backward) — an ideal fused kernel's traffic.
@@ -390,15 +466,16 @@ def _dataset(images: int, device: torch.device) -> torch.Tensor:
     return _DATA[key]
 
 
-def _prepared(images: int, device: torch.device, dtype: torch.dtype, pad: int
-              ) -> tuple[torch.Tensor, float]:
+def _prepared(
+    images: int, device: torch.device, dtype: torch.dtype, pad: int
+) -> tuple[torch.Tensor, float]:
     """The seed's normalised, padded copy of the data set (built once) and its build time."""
     key = ("prepared", images, str(device), str(dtype), pad)
     if key not in _DATA:
         start = time.perf_counter()
         _DATA[key] = baselines.prepare_seed_dataset(
-            _dataset(images, device), pad=pad, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-            out_dtype=dtype)
+            _dataset(images, device), pad=pad, mean=CIFAR10_MEAN, std=CIFAR10_STD, out_dtype=dtype
+        )
         _SETUP_S[key] = time.perf_counter() - start
     return _DATA[key], _SETUP_S[key]
 
@@ -414,28 +491,45 @@ def augment_bytes_for(batch: int, dtype: torch.dtype) -> dict[str, tuple[int | N
 
 
 def _augment_args(shape: AugmentShape, dtype: torch.dtype) -> dict[str, Any]:
-    return dict(cutout_size=shape.cutout, pad=shape.pad, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-                out_dtype=dtype)
+    return dict(
+        cutout_size=shape.cutout, pad=shape.pad, mean=CIFAR10_MEAN, std=CIFAR10_STD, out_dtype=dtype
+    )
 
 
-def augment_comparison(shape: AugmentShape, device: torch.device, dtype: torch.dtype,
-                       backends: Iterable[str] = ("eager", "compile", "triton", "loop",
-                                                  "grouped")) -> Comparison:
+def augment_comparison(
+    shape: AugmentShape,
+    device: torch.device,
+    dtype: torch.dtype,
+    backends: Iterable[str] = ("eager", "compile", "triton", "loop", "grouped"),
+) -> Comparison:
     """One batch of augmentation from a uint8 data set on the device, every method."""
     data = _dataset(shape.images, device)
-    per_set = shape.batch * shape.channels * shape.size ** 2 * (1 + torch.finfo(dtype).bits // 8)
+    per_set = shape.batch * shape.channels * shape.size**2 * (1 + torch.finfo(dtype).bits // 8)
     sets = rotation_count(per_set, device)
     g = torch.Generator().manual_seed(0)
     params = []
     for _ in range(sets):
         idx = torch.randperm(shape.images, generator=g)[: shape.batch].to(device)
         crop, flip, cutout = kernels.random_augment_params(
-            shape.batch, pad=shape.pad, cutout_size=shape.cutout, generator=g)
+            shape.batch, pad=shape.pad, cutout_size=shape.cutout, generator=g
+        )
         params.append((idx, crop.to(device), flip.to(device), cutout.to(device)))
     kw = _augment_args(shape, dtype)
-    comp = Comparison("augment", "", f"b{shape.batch}", shape.shape_str(), dtype, device, {},
-                      extra={"images": shape.images, "pad": shape.pad,
-                             "cutout": shape.cutout, "input_sets": sets})
+    comp = Comparison(
+        "augment",
+        "",
+        f"b{shape.batch}",
+        shape.shape_str(),
+        dtype,
+        device,
+        {},
+        extra={
+            "images": shape.images,
+            "pad": shape.pad,
+            "cutout": shape.cutout,
+            "input_sets": sets,
+        },
+    )
     reason = triton_reason(device)
     nxt = _cycle(params)
     prepared = None
@@ -447,32 +541,37 @@ def augment_comparison(shape: AugmentShape, device: torch.device, dtype: torch.d
             not_measured("triton (all ops)", reason)
             continue
         if backend in ("eager", "compile", "triton"):
-            fn = (lambda b=backend: kernels.augment(data, *nxt(), **kw, backend=b,
-                                                    validate=False))
+            fn = lambda b=backend: kernels.augment(data, *nxt(), **kw, backend=b, validate=False)
         elif backend == "loop":
-            fn = (lambda: baselines.per_image_loop_augment(data, *nxt(), **kw))
+            fn = lambda: baselines.per_image_loop_augment(data, *nxt(), **kw)
         elif backend == "grouped":
-            prepared, comp.extra["grouped_setup_s"] = _prepared(shape.images, device, dtype,
-                                                                shape.pad)
+            prepared, comp.extra["grouped_setup_s"] = _prepared(
+                shape.images, device, dtype, shape.pad
+            )
 
             def fn():
                 idx = nxt()[0]
-                choices = baselines.draw_group_choices(groups, pad=shape.pad,
-                                                       cutout_size=shape.cutout,
-                                                       generator=host_gen)
-                return baselines.grouped_choice_augment(prepared, idx, choices,
-                                                        cutout_size=shape.cutout)
+                choices = baselines.draw_group_choices(
+                    groups, pad=shape.pad, cutout_size=shape.cutout, generator=host_gen
+                )
+                return baselines.grouped_choice_augment(
+                    prepared, idx, choices, cutout_size=shape.cutout
+                )
         else:
             raise ValueError(f"unknown augmentation candidate {backend!r}")
         if backend == "compile":
             with inductor_graph_bytes() as graphs:
                 first = _first_call(f"augment b{shape.batch} compile", fn, device, record=True)
-            comp.candidates[backend] = Candidate(fn, first_call_s=first,
-                                                 bytes=sum(graphs) or None,
-                                                 bytes_how="Inductor's count of its compiled graph")
+            comp.candidates[backend] = Candidate(
+                fn,
+                first_call_s=first,
+                bytes=sum(graphs) or None,
+                bytes_how="Inductor's count of its compiled graph",
+            )
         else:
-            first = _first_call(f"augment b{shape.batch} {backend} (JIT)", fn, device,
-                                record=backend == "triton")
+            first = _first_call(
+                f"augment b{shape.batch} {backend} (JIT)", fn, device, record=backend == "triton"
+            )
             comp.candidates[backend] = Candidate(fn, first_call_s=first)
     # Agreement: every method against the eager reference on the same parameters.
     idx, crop, flip, cutout = params[0]
@@ -483,11 +582,13 @@ def augment_comparison(shape: AugmentShape, device: torch.device, dtype: torch.d
         elif backend == "loop":
             got = baselines.per_image_loop_augment(data, idx, crop, flip, cutout, **kw)
         elif backend == "grouped":
-            choices = baselines.draw_group_choices(groups, pad=shape.pad,
-                                                   cutout_size=shape.cutout,
-                                                   generator=torch.Generator().manual_seed(7))
-            got = baselines.grouped_choice_augment(prepared, idx, choices,
-                                                   cutout_size=shape.cutout)
+            choices = baselines.draw_group_choices(
+                groups,
+                pad=shape.pad,
+                cutout_size=shape.cutout,
+                generator=torch.Generator().manual_seed(7),
+            )
+            got = baselines.grouped_choice_augment(prepared, idx, choices, cutout_size=shape.cutout)
             c2, f2, k2 = baselines.expand_group_choices(shape.batch, choices, device)
             ref_g = kernels.augment(data, idx, c2, f2, k2, **kw, backend="eager")
             comp.agreement[backend] = _scaled_error(got, ref_g)
@@ -504,9 +605,10 @@ def augment_comparison(shape: AugmentShape, device: torch.device, dtype: torch.d
             cand.bytes = triton_augment_bytes(shape.batch, dtype, shape.cutout, shape.pad)
             cand.bytes_how = "kernels.augment.augment_bytes"
     _AUGMENT_BYTES[(shape.batch, dtype)] = {
-        b: (c.bytes, c.bytes_how) for b, c in comp.candidates.items()}
+        b: (c.bytes, c.bytes_how) for b, c in comp.candidates.items()
+    }
     # Least traffic: read B uint8 images, write B images in the output dtype.
-    pixels = shape.batch * shape.channels * shape.size ** 2
+    pixels = shape.batch * shape.channels * shape.size**2
     comp.extra["min_bytes"] = pixels * (1 + torch.finfo(dtype).bits // 8)
     return comp
 
@@ -516,9 +618,14 @@ def augment_comparison(shape: AugmentShape, device: torch.device, dtype: torch.d
 # ------------------------------------------------------------------------------------------
 
 
-def epoch_comparison(shape: AugmentShape, device: torch.device, dtype: torch.dtype,
-                     backends: Iterable[str], skipped: dict[str, str] | None = None,
-                     plan: TimingPlan | None = None) -> Comparison:
+def epoch_comparison(
+    shape: AugmentShape,
+    device: torch.device,
+    dtype: torch.dtype,
+    backends: Iterable[str],
+    skipped: dict[str, str] | None = None,
+    plan: TimingPlan | None = None,
+) -> Comparison:
     """Shuffle + augment of ``shape.images`` images in batches of ``shape.batch`` (drop
     last), as the trainer's :class:`train.batches.AugmentedBatches` does; no network.
 
@@ -527,13 +634,26 @@ def epoch_comparison(shape: AugmentShape, device: torch.device, dtype: torch.dty
     from train.batches import AugmentedBatches
 
     data = _dataset(shape.images, device)
-    labels = torch.randint(0, 10, (shape.images,), generator=torch.Generator().manual_seed(0)
-                           ).to(device)
-    comp = Comparison("epoch", "", f"{shape.images}img", f"{shape.images}×3×32×32 / "
-                      f"b{shape.batch}", dtype, device, {},
-                      extra={"images": shape.images, "batches": shape.images // shape.batch,
-                             "pad": shape.pad, "cutout": shape.cutout},
-                      skipped=dict(skipped or {}), plan=plan)
+    labels = torch.randint(0, 10, (shape.images,), generator=torch.Generator().manual_seed(0)).to(
+        device
+    )
+    comp = Comparison(
+        "epoch",
+        "",
+        f"{shape.images}img",
+        f"{shape.images}×3×32×32 / b{shape.batch}",
+        dtype,
+        device,
+        {},
+        extra={
+            "images": shape.images,
+            "batches": shape.images // shape.batch,
+            "pad": shape.pad,
+            "cutout": shape.cutout,
+        },
+        skipped=dict(skipped or {}),
+        plan=plan,
+    )
     reason = triton_reason(device)
     gen = torch.Generator(device=device).manual_seed(0)
     host_gen = torch.Generator().manual_seed(0)
@@ -545,40 +665,60 @@ def epoch_comparison(shape: AugmentShape, device: torch.device, dtype: torch.dty
             comp.skipped[backend] = reason
             continue
         if backend in ("eager", "compile", "triton"):
-            batches = AugmentedBatches(data, labels, batch_size=shape.batch, pad=shape.pad,
-                                       flip=True, cutout=shape.cutout, mean=CIFAR10_MEAN,
-                                       std=CIFAR10_STD, dtype=dtype, backend=backend,
-                                       generator=gen)
+            batches = AugmentedBatches(
+                data,
+                labels,
+                batch_size=shape.batch,
+                pad=shape.pad,
+                flip=True,
+                cutout=shape.cutout,
+                mean=CIFAR10_MEAN,
+                std=CIFAR10_STD,
+                dtype=dtype,
+                backend=backend,
+                generator=gen,
+            )
 
             def fn(batches=batches):
                 for _ in batches:
                     pass
         elif backend == "grouped":
-            prepared, comp.extra["grouped_setup_s"] = _prepared(shape.images, device, dtype,
-                                                                shape.pad)
+            prepared, comp.extra["grouped_setup_s"] = _prepared(
+                shape.images, device, dtype, shape.pad
+            )
 
             def fn():
                 # The seed's epoch: one shuffle, up to 200 groups over the whole epoch.
                 order = torch.randperm(shape.images, device=device, generator=gen)
                 choices = baselines.draw_group_choices(
-                    baselines.MAX_GROUPS, pad=shape.pad, cutout_size=shape.cutout,
-                    generator=host_gen)
+                    baselines.MAX_GROUPS,
+                    pad=shape.pad,
+                    cutout_size=shape.cutout,
+                    generator=host_gen,
+                )
                 used = order[: steps * shape.batch]
-                out = baselines.grouped_choice_augment(prepared, used, choices,
-                                                       cutout_size=shape.cutout)
+                out = baselines.grouped_choice_augment(
+                    prepared, used, choices, cutout_size=shape.cutout
+                )
                 ys = labels[used]
                 for s in range(steps):
-                    _ = out[s * shape.batch:(s + 1) * shape.batch], ys[s * shape.batch:]
+                    _ = out[s * shape.batch : (s + 1) * shape.batch], ys[s * shape.batch :]
         elif backend == "loop":
+
             def fn():
                 order = torch.randperm(shape.images, device=device, generator=gen)
                 crop, flip, cutout = kernels.random_augment_params(
-                    shape.images, pad=shape.pad, cutout_size=shape.cutout, device=device,
-                    generator=gen)
+                    shape.images,
+                    pad=shape.pad,
+                    cutout_size=shape.cutout,
+                    device=device,
+                    generator=gen,
+                )
                 for s in range(steps):
                     part = slice(s * shape.batch, (s + 1) * shape.batch)
-                    baselines.per_image_loop_augment(data, order[part], crop[part], flip[part],
-                                                     cutout[part], **kw)
+                    baselines.per_image_loop_augment(
+                        data, order[part], crop[part], flip[part], cutout[part], **kw
+                    )
         else:
             raise ValueError(f"unknown epoch candidate {backend!r}")
         first = _first_call(f"epoch {backend}", fn, device)
@@ -587,10 +727,19 @@ def epoch_comparison(shape: AugmentShape, device: torch.device, dtype: torch.dty
     firsts = {}
     for backend in ("eager", "compile", "triton"):
         if backend in comp.candidates:
-            batches = AugmentedBatches(data, labels, batch_size=shape.batch, pad=shape.pad,
-                                       flip=True, cutout=shape.cutout, mean=CIFAR10_MEAN,
-                                       std=CIFAR10_STD, dtype=dtype, backend=backend,
-                                       generator=torch.Generator(device=device).manual_seed(5))
+            batches = AugmentedBatches(
+                data,
+                labels,
+                batch_size=shape.batch,
+                pad=shape.pad,
+                flip=True,
+                cutout=shape.cutout,
+                mean=CIFAR10_MEAN,
+                std=CIFAR10_STD,
+                dtype=dtype,
+                backend=backend,
+                generator=torch.Generator(device=device).manual_seed(5),
+            )
             firsts[backend] = next(iter(batches))
     for backend, (x, y) in firsts.items():
         if backend != "eager" and "eager" in firsts:
@@ -613,26 +762,40 @@ def epoch_comparison(shape: AugmentShape, device: torch.device, dtype: torch.dty
 
 def _state_error(a: torch.nn.Module, b: torch.nn.Module) -> float:
     sa, sb = a.state_dict(), b.state_dict()
-    return max(_scaled_error(sb[k].float(), sa[k].float()) for k in sa
-               if sa[k].is_floating_point())
+    return max(_scaled_error(sb[k].float(), sa[k].float()) for k in sa if sa[k].is_floating_point())
 
 
-def step_comparison(shape: StepShape, device: torch.device,
-                    backends: Iterable[str] = ("eager", "compile", "triton"),
-                    dtype: torch.dtype | None = None) -> Comparison:
+def step_comparison(
+    shape: StepShape,
+    device: torch.device,
+    backends: Iterable[str] = ("eager", "compile", "triton"),
+    dtype: torch.dtype | None = None,
+) -> Comparison:
     """The trainer's whole step (forward, backward, SGD, EMA) at ``shape``, every backend."""
     runtime = runtime_for(device, "eager", dtype)
     count = count_train_step(shape, runtime.dtype, runtime.channels_last, augment=False)
-    sets = rotation_count(shape.batch * 3 * 32 * 32 * torch.finfo(runtime.dtype).bits // 8,
-                          device, most=4)
+    sets = rotation_count(
+        shape.batch * 3 * 32 * 32 * torch.finfo(runtime.dtype).bits // 8, device, most=4
+    )
     batches = _cycle(step_inputs(shape, runtime, sets))
-    comp = Comparison("step", "", shape.label, f"w{shape.width:g} b{shape.batch}",
-                      runtime.dtype, device, {}, flops=count.flops,
-                      extra={"width": shape.width, "batch": shape.batch,
-                             "channels_last": runtime.channels_last,
-                             "includes": "forward, loss, backward, SGD step, EMA every 5 steps "
-                                         "(augmentation excluded)",
-                             "bytes_by_phase_eager": count.phases})
+    comp = Comparison(
+        "step",
+        "",
+        shape.label,
+        f"w{shape.width:g} b{shape.batch}",
+        runtime.dtype,
+        device,
+        {},
+        flops=count.flops,
+        extra={
+            "width": shape.width,
+            "batch": shape.batch,
+            "channels_last": runtime.channels_last,
+            "includes": "forward, loss, backward, SGD step, EMA every 5 steps "
+            "(augmentation excluded)",
+            "bytes_by_phase_eager": count.phases,
+        },
+    )
     reason = triton_reason(device)
     steps: dict[str, Any] = {}
     losses: dict[str, torch.Tensor] = {}
@@ -650,20 +813,25 @@ def step_comparison(shape: StepShape, device: torch.device,
         with inductor_graph_bytes() as graphs:
             # The first call compiles (compile) and is also the agreement check's step: every
             # backend starts from the same weights and takes the same batch.
-            first = _first_call(f"step {shape.label} {backend}",
-                                lambda s=step: out.update(result=s(*check_batch)),
-                                device, record=backend != "eager")
+            first = _first_call(
+                f"step {shape.label} {backend}",
+                lambda s=step: out.update(result=s(*check_batch)),
+                device,
+                record=backend != "eager",
+            )
         steps[backend] = step
         losses[backend] = out["result"][0]
 
         def fn(s=step):
             return s(*batches())
+
         cand = Candidate(fn, first_call_s=first)
         if backend == "eager":
             cand.bytes, cand.bytes_how = count.eager_bytes(), "dispatch-mode count (fake tensors)"
         elif backend == "compile" and graphs:
             STEP_COMPILED_BYTES[(shape.label, str(runtime.dtype), runtime.channels_last)] = sum(
-                graphs)
+                graphs
+            )
             cand.bytes = count.outside_model_bytes() + sum(graphs)
             cand.bytes_how = "Inductor's count of the model graphs + eager count of the rest"
         elif backend == "triton":
@@ -674,7 +842,8 @@ def step_comparison(shape: StepShape, device: torch.device,
             if backend != "eager":
                 comp.agreement[backend] = max(
                     _state_error(steps["eager"].model, step.model),
-                    _scaled_error(losses[backend], losses["eager"]))
+                    _scaled_error(losses[backend], losses["eager"]),
+                )
     return comp
 
 
@@ -684,8 +853,9 @@ def triton_step_bytes(count: Any) -> tuple[int, str]:
     total = count.eager_bytes() - count.bn_bytes()
     for site in count.bn_sites:
         for direction in ("fwd", "bwd"):
-            total += triton_ghost_bn_act_bytes(site["shape"], getattr(torch, site["dtype"]),
-                                               site["pool"], direction)
+            total += triton_ghost_bn_act_bytes(
+                site["shape"], getattr(torch, site["dtype"]), site["pool"], direction
+            )
     if "augment" in count.phases:
         shape = count.shape
         a = triton_augment_bytes(shape.batch, getattr(torch, count.dtype), 0, 4)
@@ -693,5 +863,10 @@ def triton_step_bytes(count: Any) -> tuple[int, str]:
     return total, "eager count with BN sites (and augment) from the kernels' bytes functions"
 
 
-__all__ += ["cached", "triton_step_bytes", "STEPS_PER_EPOCH", "STEP_COMPILED_BYTES",
-            "augment_bytes_for"]
+__all__ += [
+    "cached",
+    "triton_step_bytes",
+    "STEPS_PER_EPOCH",
+    "STEP_COMPILED_BYTES",
+    "augment_bytes_for",
+]

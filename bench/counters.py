@@ -38,8 +38,16 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 __all__ = [
-    "OpRecord", "ByteCounter", "op_bytes", "tensor_bytes", "count_bytes", "count_flops",
-    "conv_flops", "inductor_graph_bytes", "disable_compile_caches", "autograd_nodes_between",
+    "OpRecord",
+    "ByteCounter",
+    "op_bytes",
+    "tensor_bytes",
+    "count_bytes",
+    "count_flops",
+    "conv_flops",
+    "inductor_graph_bytes",
+    "disable_compile_caches",
+    "autograd_nodes_between",
     "gbps",
 ]
 
@@ -47,19 +55,47 @@ aten = torch.ops.aten
 
 #: Ops that write their destination without reading it first.
 _PURE_WRITES = {
-    "copy_", "fill_", "zero_", "normal_", "uniform_", "random_", "bernoulli_", "exponential_",
-    "set_", "resize_",
+    "copy_",
+    "fill_",
+    "zero_",
+    "normal_",
+    "uniform_",
+    "random_",
+    "bernoulli_",
+    "exponential_",
+    "set_",
+    "resize_",
 }
 #: Ops that allocate without touching memory.
-_NO_TRAFFIC = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
-               "resize_", "set_", "lift_fresh"}
+_NO_TRAFFIC = {
+    "empty",
+    "empty_like",
+    "empty_strided",
+    "new_empty",
+    "new_empty_strided",
+    "resize_",
+    "set_",
+    "lift_fresh",
+}
 #: Ops that read only the gathered rows of their first input, not all of it.
 _GATHERS = {"index", "index_select", "gather", "take", "embedding", "_unsafe_index"}
 #: Metadata queries that take a tensor but move no data.
-_METADATA = {"is_contiguous", "is_strides_like_format", "is_non_overlapping_and_dense",
-             "size", "sym_size", "stride", "sym_stride", "storage_offset", "numel",
-             "sym_numel", "dim", "_local_scalar_dense", "is_same_size",
-             "_has_compatible_shallow_copy_type"}
+_METADATA = {
+    "is_contiguous",
+    "is_strides_like_format",
+    "is_non_overlapping_and_dense",
+    "size",
+    "sym_size",
+    "stride",
+    "sym_stride",
+    "storage_offset",
+    "numel",
+    "sym_numel",
+    "dim",
+    "_local_scalar_dense",
+    "is_same_size",
+    "_has_compatible_shallow_copy_type",
+}
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
@@ -112,10 +148,14 @@ def op_bytes(func: torch._ops.OpOverload, args: tuple, kwargs: dict, out: Any) -
     if not writes:
         return 0
     written_ids = {id(t) for t in written}
-    reads_destination = name.endswith("_") and name not in _PURE_WRITES and (
-        func._overloadname != "out")
-    reads = [t for t in _unique(_tensors(args) + _tensors(kwargs))
-             if id(t) not in written_ids or reads_destination]
+    reads_destination = (
+        name.endswith("_") and name not in _PURE_WRITES and (func._overloadname != "out")
+    )
+    reads = [
+        t
+        for t in _unique(_tensors(args) + _tensors(kwargs))
+        if id(t) not in written_ids or reads_destination
+    ]
     total = sum(tensor_bytes(t) for t in writes)
     if name in _GATHERS and reads:
         src, rest = reads[0], reads[1:]
@@ -181,8 +221,11 @@ class ByteCounter(TorchDispatchMode):
             nbytes = op_bytes(func, args, kwargs, out)
             flops = _op_flops(func, args, kwargs, out)
             if nbytes or flops:
-                self.records.append(OpRecord(str(func.overloadpacket.__name__),
-                                             self._current_phase(), nbytes, flops))
+                self.records.append(
+                    OpRecord(
+                        str(func.overloadpacket.__name__), self._current_phase(), nbytes, flops
+                    )
+                )
         return out
 
     # ---- summaries -------------------------------------------------------------------
@@ -220,8 +263,7 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def conv_flops(batch: int, c_in: int, c_out: int, height: int, width: int,
-               kernel: int = 3) -> int:
+def conv_flops(batch: int, c_in: int, c_out: int, height: int, width: int, kernel: int = 3) -> int:
     """Forward FLOPs of a stride-1 'same' convolution by hand: 2·B·Cin·Cout·k²·H·W
     (one multiply and one add per weight per output pixel)."""
     return 2 * batch * c_in * c_out * kernel * kernel * height * width

@@ -36,8 +36,7 @@ def configure() -> None:
     # One compiled reference per BN shape and per step shape; the default limit of 8
     # graphs per function would silently fall back to eager half-way through the suite.
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
-    dynamo_config.accumulated_recompile_limit = max(
-        dynamo_config.accumulated_recompile_limit, 1024)
+    dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 1024)
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
     _configured = True
@@ -56,7 +55,7 @@ def resolve_device(requested: str = "auto") -> torch.device:
 def _version(module: str) -> str | None:
     try:
         return __import__(module).__version__
-    except Exception:   # noqa: BLE001 - a missing or broken package is reported as None
+    except Exception:  # noqa: BLE001 - a missing or broken package is reported as None
         return None
 
 
@@ -78,8 +77,11 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env.update(gpu_name=props.name, gpu_capability=f"{props.major}.{props.minor}",
-                   gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                   gpu_l2_bytes=int(getattr(props, "L2_cache_size", 0)),
-                   cudnn=torch.backends.cudnn.version())
+        env.update(
+            gpu_name=props.name,
+            gpu_capability=f"{props.major}.{props.minor}",
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            gpu_l2_bytes=int(getattr(props, "L2_cache_size", 0)),
+            cudnn=torch.backends.cudnn.version(),
+        )
     return env

@@ -47,13 +47,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MEAN = (125.31, 122.95, 113.87)          # per channel, 0-255 scale
+MEAN = (125.31, 122.95, 113.87)  # per channel, 0-255 scale
 STD = (62.99, 62.09, 66.70)
 FOLDER, ARCHIVE = "cifar-10-batches-bin", "cifar-10-binary.tar.gz"
 TRAIN_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)]
 TEST_FILE = "test_batch.bin"
-RECORD = 1 + 3 * 32 * 32                 # label byte, then the R, G, B planes (32x32 each)
-GHOST = 32                               # images per ghost-BN split
+RECORD = 1 + 3 * 32 * 32  # label byte, then the R, G, B planes (32x32 each)
+GHOST = 32  # images per ghost-BN split
 
 
 class DataError(Exception):
@@ -78,7 +78,7 @@ def read_batch_files(data_dir: str | os.PathLike) -> dict[str, bytes]:
         raise DataError(f"{path} holds neither {FOLDER}/ nor {ARCHIVE}")
     files = {}
     try:
-        with tarfile.open(archive, "r|gz") as tar:       # streaming: one decompression pass
+        with tarfile.open(archive, "r|gz") as tar:  # streaming: one decompression pass
             for member in tar:
                 name = member.name.rsplit("/", 1)[-1]
                 if member.isfile() and name in wanted:
@@ -108,8 +108,12 @@ def load_cifar10(data_dir) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     train = [decode(name, files[name]) for name in TRAIN_FILES]
     test_x, test_y = decode(TEST_FILE, files[TEST_FILE])
     # copies: the decoded views are read-only and strided; these are writable and contiguous
-    return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
-            test_x.copy(), test_y)
+    return (
+        np.concatenate([x for x, _ in train]),
+        np.concatenate([y for _, y in train]),
+        test_x.copy(),
+        test_y,
+    )
 
 
 def normalise(images: np.ndarray) -> torch.Tensor:
@@ -118,8 +122,9 @@ def normalise(images: np.ndarray) -> torch.Tensor:
     return (x - mean) / std
 
 
-def augment(padded: torch.Tensor, index: torch.Tensor, generator: torch.Generator,
-            cutout: int = 0) -> torch.Tensor:
+def augment(
+    padded: torch.Tensor, index: torch.Tensor, generator: torch.Generator, cutout: int = 0
+) -> torch.Tensor:
     """Each image ``padded[index[i]]`` (40x40, reflect-padded) gets its own random 32x32
     crop and left-right flip (one gather with index arithmetic), then optional cutout."""
     n, size, pad = len(index), 32, padded.shape[-1] - 32
@@ -127,11 +132,15 @@ def augment(padded: torch.Tensor, index: torch.Tensor, generator: torch.Generato
     dx = torch.randint(0, pad + 1, (n, 1), generator=generator)
     flip = torch.randint(0, 2, (n, 1), generator=generator).bool()
     ar = torch.arange(size)
-    rows = dy + ar                                              # (n, 32)
-    cols = dx + torch.where(flip, size - 1 - ar, ar)            # flipped: read right to left
-    out = padded[index.view(n, 1, 1, 1), torch.arange(3).view(1, 3, 1, 1),
-                 rows.view(n, 1, size, 1), cols.view(n, 1, 1, size)]
-    if cutout:                          # a square of zeros, fully inside the image
+    rows = dy + ar  # (n, 32)
+    cols = dx + torch.where(flip, size - 1 - ar, ar)  # flipped: read right to left
+    out = padded[
+        index.view(n, 1, 1, 1),
+        torch.arange(3).view(1, 3, 1, 1),
+        rows.view(n, 1, size, 1),
+        cols.view(n, 1, 1, size),
+    ]
+    if cutout:  # a square of zeros, fully inside the image
         cy = torch.randint(0, size - cutout + 1, (n, 1), generator=generator)
         cx = torch.randint(0, size - cutout + 1, (n, 1), generator=generator)
         in_y, in_x = (ar >= cy) & (ar < cy + cutout), (ar >= cx) & (ar < cx + cutout)
@@ -158,13 +167,27 @@ class GhostBatchNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         if self.training:
-            y = F.batch_norm(x.reshape(n // self.splits, c * self.splits, h, w),
-                             self.running_mean, self.running_var, None,
-                             self.bias.repeat(self.splits), True, self.momentum, self.eps)
+            y = F.batch_norm(
+                x.reshape(n // self.splits, c * self.splits, h, w),
+                self.running_mean,
+                self.running_var,
+                None,
+                self.bias.repeat(self.splits),
+                True,
+                self.momentum,
+                self.eps,
+            )
             return y.view(n, c, h, w)
-        return F.batch_norm(x, self.running_mean.view(self.splits, c).mean(0),
-                            self.running_var.view(self.splits, c).mean(0), None, self.bias,
-                            False, 0.0, self.eps)
+        return F.batch_norm(
+            x,
+            self.running_mean.view(self.splits, c).mean(0),
+            self.running_var.view(self.splits, c).mean(0),
+            None,
+            self.bias,
+            False,
+            0.0,
+            self.eps,
+        )
 
 
 class ConvBN(nn.Module):
@@ -198,7 +221,7 @@ class ResNet9(nn.Module):
         super().__init__()
         c = [max(1, round(base * width)) for base in (64, 128, 256, 512)]
         self.widths = c
-        self.register_buffer("whiten", torch.zeros(27, 3, 3, 3))    # fixed, set from data
+        self.register_buffer("whiten", torch.zeros(27, 3, 3, 3))  # fixed, set from data
         self.prep = ConvBN(27, c[0], splits, kernel=1)
         self.layer1, self.res1 = ConvBN(c[0], c[1], splits, pool=True), Residual(c[1], splits)
         self.layer2 = ConvBN(c[1], c[2], splits, pool=True)
@@ -217,18 +240,19 @@ def whitening_filters(images: torch.Tensor, eps: float = 1e-2) -> torch.Tensor:
     (normalised, no padding): Sigma = X^T X / (n - 1), not mean-centred; filters
     V / sqrt(Lambda + eps), by descending eigenvalue."""
     cov, n = torch.zeros(27, 27, dtype=torch.float64), 0
-    for chunk in images.split(1000):        # chunks: all patches at once would be ~1 GB
-        patches = F.unfold(chunk, 3).transpose(1, 2).reshape(-1, 27)   # (c, kh, kw) order
+    for chunk in images.split(1000):  # chunks: all patches at once would be ~1 GB
+        patches = F.unfold(chunk, 3).transpose(1, 2).reshape(-1, 27)  # (c, kh, kw) order
         cov += (patches.T @ patches).double()
         n += patches.shape[0]
-    eigenvalues, eigenvectors = torch.linalg.eigh(cov / (n - 1))       # ascending
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov / (n - 1))  # ascending
     eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)
     return (eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]).float().view(27, 3, 3, 3)
 
 
 # ------------------------------------------------------------------------------- training
-def label_smoothing_loss(logits: torch.Tensor, targets: torch.Tensor,
-                         smoothing: float = 0.2) -> torch.Tensor:
+def label_smoothing_loss(
+    logits: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.2
+) -> torch.Tensor:
     """(1 - s) * cross-entropy + s * mean over classes of -log p, summed over the batch."""
     log_p = F.log_softmax(logits, dim=1)
     nll = -log_p.gather(1, targets[:, None]).squeeze(1)
@@ -249,8 +273,9 @@ class EMA:
 
     def __init__(self, model: nn.Module, rho: float):
         self.rho, self.updates = rho, 0
-        self.average = {k: torch.zeros_like(v) for k, v in model.state_dict().items()
-                        if v.is_floating_point()}
+        self.average = {
+            k: torch.zeros_like(v) for k, v in model.state_dict().items() if v.is_floating_point()
+        }
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -264,14 +289,15 @@ class EMA:
         run was too short for one update)."""
         if self.updates == 0:
             return model
-        averaged, correction = copy.deepcopy(model), 1 / (1 - self.rho ** self.updates)
+        averaged, correction = copy.deepcopy(model), 1 / (1 - self.rho**self.updates)
         averaged.load_state_dict({k: v * correction for k, v in self.average.items()})
         return averaged
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-             batch: int = 1000) -> float:
+def evaluate(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 1000
+) -> float:
     """Accuracy with flip TTA: the mean of the logits of each image and its mirror."""
     model.eval()
     correct = 0
@@ -295,10 +321,14 @@ _MODULE_START = time.perf_counter()
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m bench.plain_recipe",
-                                description=__doc__.split("\n")[0])
-    p.add_argument("--data-dir", default=os.environ.get("CIFAR10_DIR"),
-                   help=f"folder with {FOLDER}/ or {ARCHIVE} (default $CIFAR10_DIR)")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.plain_recipe", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--data-dir",
+        default=os.environ.get("CIFAR10_DIR"),
+        help=f"folder with {FOLDER}/ or {ARCHIVE} (default $CIFAR10_DIR)",
+    )
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--train-subset", type=int, default=10000, help="first N training images")
     p.add_argument("--test-subset", type=int, default=None, help="first N test images")
@@ -321,8 +351,10 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not args.data_dir:
-        print("plain_recipe: error: no data directory: pass --data-dir or set CIFAR10_DIR",
-              file=sys.stderr)
+        print(
+            "plain_recipe: error: no data directory: pass --data-dir or set CIFAR10_DIR",
+            file=sys.stderr,
+        )
         return 3
     try:
         started = time.perf_counter()
@@ -331,12 +363,14 @@ def main(argv=None) -> int:
     except DataError as error:
         print(f"plain_recipe: error: {error}", file=sys.stderr)
         return 3
-    train_u8, train_y = train_u8[:args.train_subset], train_y[:args.train_subset]
-    test_u8, test_y = test_u8[:args.test_subset], test_y[:args.test_subset]
+    train_u8, train_y = train_u8[: args.train_subset], train_y[: args.train_subset]
+    test_u8, test_y = test_u8[: args.test_subset], test_y[: args.test_subset]
     bs, steps_per_epoch = args.batch_size, len(train_u8) // args.batch_size
     if steps_per_epoch == 0:
-        print(f"plain_recipe: error: {len(train_u8)} training images make no batch of {bs}",
-              file=sys.stderr)
+        print(
+            f"plain_recipe: error: {len(train_u8)} training images make no batch of {bs}",
+            file=sys.stderr,
+        )
         return 2
 
     torch.manual_seed(args.seed)
@@ -344,16 +378,24 @@ def main(argv=None) -> int:
     biases = [p for name, p in model.named_parameters() if name.endswith("bias")]
     weights = [p for name, p in model.named_parameters() if not name.endswith("bias")]
     optimizer = torch.optim.SGD(
-        [{"params": weights, "weight_decay": 5e-4 * bs, "lr_mult": 1.0},
-         {"params": biases, "weight_decay": 5e-4 * bs / 64, "lr_mult": 64.0}],
-        lr=0.0, momentum=0.9, nesterov=True)
-    ema, knots = EMA(model, rho=0.99 ** 5), lr_knots(args.epochs)
+        [
+            {"params": weights, "weight_decay": 5e-4 * bs, "lr_mult": 1.0},
+            {"params": biases, "weight_decay": 5e-4 * bs / 64, "lr_mult": 64.0},
+        ],
+        lr=0.0,
+        momentum=0.9,
+        nesterov=True,
+    )
+    ema, knots = EMA(model, rho=0.99**5), lr_knots(args.epochs)
     generator = torch.Generator().manual_seed(args.seed)
-    print(f"plain recipe: widths {model.widths}, {len(train_u8)} train / {len(test_u8)} test "
-          f"images, {args.epochs} epochs of {steps_per_epoch} steps at batch {bs}, fp32, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    print(
+        f"plain recipe: widths {model.widths}, {len(train_u8)} train / {len(test_u8)} test "
+        f"images, {args.epochs} epochs of {steps_per_epoch} steps at batch {bs}, fp32, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        flush=True,
+    )
 
-    clock = time.perf_counter()     # the clock starts with the uint8 data in memory
+    clock = time.perf_counter()  # the clock starts with the uint8 data in memory
     train_x, test_x = normalise(train_u8), normalise(test_u8)
     train_labels, test_labels = torch.from_numpy(train_y), torch.from_numpy(test_y)
     padded = F.pad(train_x, (4, 4, 4, 4), mode="reflect")
@@ -364,7 +406,7 @@ def main(argv=None) -> int:
         start, loss_sum, correct = time.perf_counter(), 0.0, 0
         permutation = torch.randperm(len(train_x), generator=generator)
         for b in range(steps_per_epoch):
-            index = permutation[b * bs:(b + 1) * bs]
+            index = permutation[b * bs : (b + 1) * bs]
             inputs, targets = augment(padded, index, generator, args.cutout), train_labels[index]
             lr = lr_at(step / steps_per_epoch, knots) / bs
             for group in optimizer.param_groups:
@@ -382,32 +424,52 @@ def main(argv=None) -> int:
         seconds = time.perf_counter() - start
         train_seconds += seconds
         seen = steps_per_epoch * bs
-        rows.append({"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                     "seconds": seconds})
+        rows.append(
+            {
+                "epoch": epoch,
+                "train_loss": loss_sum / seen,
+                "train_acc": correct / seen,
+                "seconds": seconds,
+            }
+        )
         if not np.isfinite(loss_sum):
             print(f"plain_recipe: error: loss is not finite in epoch {epoch}", file=sys.stderr)
             return 4
-        print(f"epoch {epoch:2d}  train loss {loss_sum / seen:.4f}  train acc {correct / seen:.4f}"
-              f"  {seconds:.1f} s", flush=True)
+        print(
+            f"epoch {epoch:2d}  train loss {loss_sum / seen:.4f}  train acc {correct / seen:.4f}"
+            f"  {seconds:.1f} s",
+            flush=True,
+        )
 
     started = time.perf_counter()
     test_acc = evaluate(ema.model(model), test_x, test_labels)
     eval_seconds = time.perf_counter() - started
     whole = process_seconds()
-    print(f"test acc {test_acc:.4f} (EMA weights, flip TTA, {ema.updates} EMA updates)  "
-          f"train {train_seconds:.1f} s  eval {eval_seconds:.1f} s  load {load_seconds:.1f} s  "
-          f"whole process {whole:.1f} s", flush=True)
+    print(
+        f"test acc {test_acc:.4f} (EMA weights, flip TTA, {ema.updates} EMA updates)  "
+        f"train {train_seconds:.1f} s  eval {eval_seconds:.1f} s  load {load_seconds:.1f} s  "
+        f"whole process {whole:.1f} s",
+        flush=True,
+    )
     if args.json:
-        record = {"test_acc": test_acc, "train_seconds": train_seconds,
-                  "eval_seconds": eval_seconds, "load_seconds": load_seconds,
-                  "process_seconds": whole, "epochs": rows,
-                  "ema_updates": ema.updates, "widths": model.widths,
-                  "config": {k: v for k, v in vars(args).items() if k != "json"},
-                  "torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "train_images": len(train_u8), "test_images": len(test_u8),
-                  "time_includes": "uint8 arrays to normalised tensors, padding, whitening "
-                                   "filters, every training step; not loading, model "
-                                   "building or evaluation"}
+        record = {
+            "test_acc": test_acc,
+            "train_seconds": train_seconds,
+            "eval_seconds": eval_seconds,
+            "load_seconds": load_seconds,
+            "process_seconds": whole,
+            "epochs": rows,
+            "ema_updates": ema.updates,
+            "widths": model.widths,
+            "config": {k: v for k, v in vars(args).items() if k != "json"},
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "train_images": len(train_u8),
+            "test_images": len(test_u8),
+            "time_includes": "uint8 arrays to normalised tensors, padding, whitening "
+            "filters, every training step; not loading, model "
+            "building or evaluation",
+        }
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return 0
 

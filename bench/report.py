@@ -13,11 +13,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TABLE_COLUMNS", "table_rows", "format_table", "format_seconds", "load_json",
-           "format_roofline", "format_environment", "format_not_measured"]
+__all__ = [
+    "TABLE_COLUMNS",
+    "table_rows",
+    "format_table",
+    "format_seconds",
+    "load_json",
+    "format_roofline",
+    "format_environment",
+    "format_not_measured",
+]
 
-TABLE_COLUMNS = ("op", "backend", "shape", "dtype", "time median [p20, p80]", "GB/s",
-                 "vs eager", "vs compile")
+TABLE_COLUMNS = (
+    "op",
+    "backend",
+    "shape",
+    "dtype",
+    "time median [p20, p80]",
+    "GB/s",
+    "vs eager",
+    "vs compile",
+)
 
 
 def load_json(path: str | Path) -> dict[str, Any]:
@@ -53,26 +69,36 @@ def table_rows(benchmark_json: dict[str, Any]) -> list[dict[str, Any]]:
         if "op" not in info:
             continue
         stats = bench.get("stats", {})
-        rows.append({
-            "op": _op_name(info), "backend": info["backend"], "shape": info.get("shape", ""),
-            "dtype": info.get("dtype", ""), "median_s": stats.get("median"),
-            "p20_s": info.get("p20_s"), "p80_s": info.get("p80_s"),
-            "samples": stats.get("rounds"), "gbps": info.get("gbps"),
-            "bytes": info.get("bytes"), "flops": info.get("flops"),
-            "tflops": info.get("tflops"),
-            "speedup_vs_eager": info.get("speedup_vs_eager"),
-            "speedup_vs_compile": info.get("speedup_vs_compile"),
-            "first_call_s": info.get("first_call_s"),
-            "agreement_error": info.get("agreement_error"),
-            "name": bench.get("fullname"),
-        })
+        rows.append(
+            {
+                "op": _op_name(info),
+                "backend": info["backend"],
+                "shape": info.get("shape", ""),
+                "dtype": info.get("dtype", ""),
+                "median_s": stats.get("median"),
+                "p20_s": info.get("p20_s"),
+                "p80_s": info.get("p80_s"),
+                "samples": stats.get("rounds"),
+                "gbps": info.get("gbps"),
+                "bytes": info.get("bytes"),
+                "flops": info.get("flops"),
+                "tflops": info.get("tflops"),
+                "speedup_vs_eager": info.get("speedup_vs_eager"),
+                "speedup_vs_compile": info.get("speedup_vs_compile"),
+                "first_call_s": info.get("first_call_s"),
+                "agreement_error": info.get("agreement_error"),
+                "name": bench.get("fullname"),
+            }
+        )
     return rows
 
 
 def _render(header: Sequence[str], rows: list[Sequence[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip(),
+        "  ".join("-" * w for w in widths),
+    ]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines)
 
@@ -81,11 +107,23 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """The timing table: op, backend, median time with p20/p80, GB/s, speed-ups."""
     body = []
     for r in rows:
-        t = (f"{format_seconds(r['median_s'])} [{format_seconds(r['p20_s'])}, "
-             f"{format_seconds(r['p80_s'])}]")
+        t = (
+            f"{format_seconds(r['median_s'])} [{format_seconds(r['p20_s'])}, "
+            f"{format_seconds(r['p80_s'])}]"
+        )
         gb = "-" if r["gbps"] is None else f"{r['gbps']:.3g}"
-        body.append((r["op"], r["backend"], r["shape"], r["dtype"], t, gb,
-                     _ratio(r["speedup_vs_eager"]), _ratio(r["speedup_vs_compile"])))
+        body.append(
+            (
+                r["op"],
+                r["backend"],
+                r["shape"],
+                r["dtype"],
+                t,
+                gb,
+                _ratio(r["speedup_vs_eager"]),
+                _ratio(r["speedup_vs_compile"]),
+            )
+        )
     return _render(TABLE_COLUMNS, body)
 
 
@@ -101,16 +139,40 @@ def format_not_measured(entries: list[dict[str, str]]) -> str:
 def format_roofline(roofline: dict[str, Any]) -> str:
     """The MODEL section: banner, peak table with sources, predictions, assumptions."""
     out = [f"=== {roofline['label']} ==="]
-    gpu_rows = [(g["name"], f"{g['bandwidth_gbs']:g}", f"{g['tensor_tflops']:g}", g["source"])
-                for g in roofline["gpus"]]
+    gpu_rows = [
+        (g["name"], f"{g['bandwidth_gbs']:g}", f"{g['tensor_tflops']:g}", g["source"])
+        for g in roofline["gpus"]
+    ]
     out.append(_render(("GPU", "peak GB/s", "dense fp16/bf16 TFLOP/s", "source"), gpu_rows))
     out.append("")
-    pred = [(r["gpu"], r["backend"], f"{r['bytes_per_step'] / 1e9:.2f}",
-             f"{r['flops_per_step'] / 1e12:.3f}", f"{r['memory_bound_ms']:.2f}",
-             f"{r['math_bound_ms']:.2f}", f"{r['step_ms']:.2f}", f"{r['ten_epochs_s']:.2f}")
-            for r in roofline["rows"]]
-    out.append(_render(("GPU", "backend", "GB/step", "TFLOP/step", "bytes/BW ms",
-                        "flops/peak ms", "MODEL step ms", "MODEL 10 epochs s"), pred))
+    pred = [
+        (
+            r["gpu"],
+            r["backend"],
+            f"{r['bytes_per_step'] / 1e9:.2f}",
+            f"{r['flops_per_step'] / 1e12:.3f}",
+            f"{r['memory_bound_ms']:.2f}",
+            f"{r['math_bound_ms']:.2f}",
+            f"{r['step_ms']:.2f}",
+            f"{r['ten_epochs_s']:.2f}",
+        )
+        for r in roofline["rows"]
+    ]
+    out.append(
+        _render(
+            (
+                "GPU",
+                "backend",
+                "GB/step",
+                "TFLOP/step",
+                "bytes/BW ms",
+                "flops/peak ms",
+                "MODEL step ms",
+                "MODEL 10 epochs s",
+            ),
+            pred,
+        )
+    )
     out.append(f"configuration: {roofline['configuration']}")
     for name, why in roofline.get("not_modelled", {}).items():
         out.append(f"not modelled: {name}: {why}")

@@ -50,8 +50,8 @@ class GPU:
     """Published peak rates of one GPU (vendor datasheet)."""
 
     name: str
-    bandwidth_gbs: float        # DRAM bandwidth, GB/s (10⁹ B/s)
-    tensor_tflops: float        # dense fp16/bf16 tensor-core rate, TFLOP/s (no sparsity)
+    bandwidth_gbs: float  # DRAM bandwidth, GB/s (10⁹ B/s)
+    tensor_tflops: float  # dense fp16/bf16 tensor-core rate, TFLOP/s (no sparsity)
     source: str
 
     @property
@@ -67,15 +67,27 @@ class GPU:
 #: "with sparsity" beside the dense ones (A100: 624 sparse / 312 dense; H100 SXM5: 1,979
 #: sparse / 989 dense for BF16/FP16): the dense figure is the one that applies here.
 GPUS: tuple[GPU, ...] = (
-    GPU("V100 SXM2", 900.0, 125.0,
+    GPU(
+        "V100 SXM2",
+        900.0,
+        125.0,
         "NVIDIA Tesla V100 GPU Accelerator datasheet: 900 GB/s HBM2, 125 TFLOPS tensor "
-        "performance (fp16 mixed precision), SXM2"),
-    GPU("A100 SXM4 80GB", 2039.0, 312.0,
+        "performance (fp16 mixed precision), SXM2",
+    ),
+    GPU(
+        "A100 SXM4 80GB",
+        2039.0,
+        312.0,
         "NVIDIA A100 Tensor Core GPU datasheet: 80GB SXM 2,039 GB/s HBM2e; BF16/FP16 tensor "
-        "core 312 TFLOPS dense (624 with sparsity)"),
-    GPU("H100 SXM5", 3350.0, 989.0,
+        "core 312 TFLOPS dense (624 with sparsity)",
+    ),
+    GPU(
+        "H100 SXM5",
+        3350.0,
+        989.0,
         "NVIDIA H100 Tensor Core GPU datasheet: H100 SXM 3.35 TB/s HBM3; BF16/FP16 tensor "
-        "core 1,979 TFLOPS with sparsity, i.e. 989 dense"),
+        "core 1,979 TFLOPS with sparsity, i.e. 989 dense",
+    ),
 )
 
 
@@ -88,21 +100,35 @@ def predict_step(ops: list[tuple[int, int]], gpu: GPU) -> dict[str, float]:
     step = sum(max(b / gpu.bandwidth, f / gpu.flops) for b, f in ops)
     total_b = sum(b for b, _ in ops)
     total_f = sum(f for _, f in ops)
-    return {"step_s": step, "memory_s": total_b / gpu.bandwidth, "math_s": total_f / gpu.flops,
-            "bytes": total_b, "flops": total_f}
+    return {
+        "step_s": step,
+        "memory_s": total_b / gpu.bandwidth,
+        "math_s": total_f / gpu.flops,
+        "bytes": total_b,
+        "flops": total_f,
+    }
 
 
-def roofline_table(per_backend_ops: dict[str, list[tuple[int, int]]], steps: int,
-                   gpus: tuple[GPU, ...] = GPUS) -> list[dict[str, Any]]:
+def roofline_table(
+    per_backend_ops: dict[str, list[tuple[int, int]]], steps: int, gpus: tuple[GPU, ...] = GPUS
+) -> list[dict[str, Any]]:
     """One row per (GPU, backend): predicted step and ``steps``-step times (the MODEL)."""
     rows = []
     for gpu in gpus:
         for backend, ops in per_backend_ops.items():
             p = predict_step(ops, gpu)
-            rows.append({"gpu": gpu.name, "backend": backend, "bytes_per_step": p["bytes"],
-                         "flops_per_step": p["flops"], "step_ms": p["step_s"] * 1e3,
-                         "memory_bound_ms": p["memory_s"] * 1e3,
-                         "math_bound_ms": p["math_s"] * 1e3,
-                         "ten_epochs_s": p["step_s"] * steps, "steps": steps,
-                         "kind": "model"})
+            rows.append(
+                {
+                    "gpu": gpu.name,
+                    "backend": backend,
+                    "bytes_per_step": p["bytes"],
+                    "flops_per_step": p["flops"],
+                    "step_ms": p["step_s"] * 1e3,
+                    "memory_bound_ms": p["memory_s"] * 1e3,
+                    "math_bound_ms": p["math_s"] * 1e3,
+                    "ten_epochs_s": p["step_s"] * steps,
+                    "steps": steps,
+                    "kind": "model",
+                }
+            )
     return rows

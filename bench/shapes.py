@@ -32,8 +32,16 @@ from torch import nn
 from model import ResNet9Config, bn_site_shapes
 
 __all__ = [
-    "BNSite", "AugmentShape", "StepShape", "bn_sites", "quick_bn_sites", "model_bn_inputs",
-    "RECIPE_BATCH", "QUARTER", "GHOST_BATCH", "TRAIN_IMAGES",
+    "BNSite",
+    "AugmentShape",
+    "StepShape",
+    "bn_sites",
+    "quick_bn_sites",
+    "model_bn_inputs",
+    "RECIPE_BATCH",
+    "QUARTER",
+    "GHOST_BATCH",
+    "TRAIN_IMAGES",
 ]
 
 #: The recipe's batch size and the images per ghost-BN split.
@@ -55,7 +63,7 @@ class BNSite:
     height: int
     width: int
     pool: bool
-    times: int          # sites of the network with this shape
+    times: int  # sites of the network with this shape
     model_width: float  # the width multiplier the channels came from
 
     @property
@@ -93,7 +101,7 @@ class AugmentShape:
     channels: int = 3
     size: int = 32
     pad: int = 4
-    cutout: int = 0     # the final recipe has cutout off
+    cutout: int = 0  # the final recipe has cutout off
 
     def shape_str(self) -> str:
         return f"{self.batch}×{self.channels}×{self.size}×{self.size} of {self.images}"
@@ -117,8 +125,10 @@ def bn_sites(batch: int = RECIPE_BATCH, width: float = 1.0) -> list[BNSite]:
     sites, and sites with the same shape (a residual pair's two convs) become one entry
     with ``times`` 2."""
     shapes = Counter(bn_site_shapes(ResNet9Config(width=width)))  # keeps first-seen order
-    return [BNSite(s.name, batch, s.channels, s.size, s.size, s.pool, times, width)
-            for s, times in shapes.items()]
+    return [
+        BNSite(s.name, batch, s.channels, s.size, s.size, s.pool, times, width)
+        for s, times in shapes.items()
+    ]
 
 
 def quick_bn_sites(batch: int = RECIPE_BATCH) -> list[BNSite]:
@@ -131,9 +141,12 @@ def model_bn_inputs(model: nn.Module, batch: int) -> list[tuple[tuple[int, ...],
     """(input shape, pool) of every BN site of ``model``, recorded by running it in training
     mode on ``batch`` random images — the ground truth that :func:`bn_sites` must match."""
     seen: list[tuple[tuple[int, ...], bool]] = []
-    hooks = [m.register_forward_pre_hook(
-        lambda mod, args: seen.append((tuple(args[0].shape), bool(mod.pool))))
-        for m in model.bn_sites()]  # type: ignore[attr-defined]
+    hooks = [
+        m.register_forward_pre_hook(
+            lambda mod, args: seen.append((tuple(args[0].shape), bool(mod.pool)))
+        )
+        for m in model.bn_sites()
+    ]  # type: ignore[attr-defined]
     try:
         model.train()
         with torch.no_grad():

@@ -23,8 +23,10 @@ def _epoch_candidates(settings) -> tuple[tuple[str, ...], dict[str, str], Timing
     if not settings.quick:
         skipped: dict[str, str] = {}
     else:
-        skipped = {"loop": "one epoch is 97 calls of the per-batch loop (see the augment "
-                           "rows); timed without --quick"}
+        skipped = {
+            "loop": "one epoch is 97 calls of the per-batch loop (see the augment "
+            "rows); timed without --quick"
+        }
     if settings.device.type != "cuda":
         # An epoch takes seconds on a CPU: the first call (untimed) is the warm-up, then a
         # few alternating rounds.
@@ -38,9 +40,10 @@ def _epoch_candidates(settings) -> tuple[tuple[str, ...], dict[str, str], Timing
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_augment(benchmark, settings, backend):
     shape = AugmentShape()
-    comparison = cached(f"augment/b{shape.batch}",
-                        lambda: augment_comparison(shape, settings.device, settings.dtype,
-                                                   BACKENDS))
+    comparison = cached(
+        f"augment/b{shape.batch}",
+        lambda: augment_comparison(shape, settings.device, settings.dtype, BACKENDS),
+    )
     run_candidate(benchmark, comparison, backend, settings)
 
 
@@ -48,7 +51,8 @@ def test_augment(benchmark, settings, backend):
 def test_epoch_data_path(benchmark, settings, backend):
     shape = AugmentShape()
     backends, skipped, plan = _epoch_candidates(settings)
-    comparison = cached("epoch", lambda: epoch_comparison(shape, settings.device,
-                                                          settings.dtype, backends, skipped,
-                                                          plan))
+    comparison = cached(
+        "epoch",
+        lambda: epoch_comparison(shape, settings.device, settings.dtype, backends, skipped, plan),
+    )
     run_candidate(benchmark, comparison, backend, settings)

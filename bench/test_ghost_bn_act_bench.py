@@ -22,14 +22,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     s = settings_from(metafunc.config)
     if s.quick:
         sites = quick_bn_sites(RECIPE_BATCH)
-        not_measured("ghost_bn_act: the other BN sites and full width",
-                     "--quick times two quarter-width sites (layer1 with pool, res1 without)")
+        not_measured(
+            "ghost_bn_act: the other BN sites and full width",
+            "--quick times two quarter-width sites (layer1 with pool, res1 without)",
+        )
     else:
         sites = [site for w in s.widths for site in bn_sites(RECIPE_BATCH, w)]
         if 1.0 not in s.widths:
-            not_measured("ghost_bn_act at full width",
-                         f"not in the widths on {s.device.type} (python -m bench --widths "
-                         "1,0.25, or pytest --bench-widths 1,0.25; minutes per site on a CPU)")
+            not_measured(
+                "ghost_bn_act at full width",
+                f"not in the widths on {s.device.type} (python -m bench --widths "
+                "1,0.25, or pytest --bench-widths 1,0.25; minutes per site on a CPU)",
+            )
     metafunc.parametrize("site", sites, ids=[site.label for site in sites])
 
 
@@ -38,6 +42,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def test_ghost_bn_act(benchmark, settings, site, direction, backend):
     comparison = cached(
         f"ghost_bn_act/{site.label}/{direction}",
-        lambda: ghost_bn_act_comparison(site, direction, settings.device, settings.dtype,
-                                        settings.channels_last, BACKENDS))
+        lambda: ghost_bn_act_comparison(
+            site, direction, settings.device, settings.dtype, settings.channels_last, BACKENDS
+        ),
+    )
     run_candidate(benchmark, comparison, backend, settings)

@@ -21,13 +21,17 @@ def step_shapes(quick: bool, gpu: bool) -> list[StepShape]:
     """The step shapes a run times; the rest are recorded as not measured."""
     if gpu:
         return [CPU_STEP, StepShape(1.0, RECIPE_BATCH)] + (
-            [] if quick else [StepShape(QUARTER, RECIPE_BATCH)])
-    not_measured(f"step w1 b{RECIPE_BATCH} on the CPU",
-                 "1.16 TFLOP per step: tens of seconds per step on a few CPU cores; timed on "
-                 "a GPU")
+            [] if quick else [StepShape(QUARTER, RECIPE_BATCH)]
+        )
+    not_measured(
+        f"step w1 b{RECIPE_BATCH} on the CPU",
+        "1.16 TFLOP per step: tens of seconds per step on a few CPU cores; timed on a GPU",
+    )
     if quick:
-        not_measured(f"step w{QUARTER:g} b{RECIPE_BATCH} in --quick",
-                     "seconds per step on a CPU; timed without --quick")
+        not_measured(
+            f"step w{QUARTER:g} b{RECIPE_BATCH} in --quick",
+            "seconds per step on a CPU; timed without --quick",
+        )
         return [CPU_STEP]
     return [CPU_STEP, StepShape(QUARTER, RECIPE_BATCH)]
 
@@ -41,6 +45,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_train_step(benchmark, settings, step_shape, backend):
-    comparison = cached(f"step/{step_shape.label}",
-                        lambda: step_comparison(step_shape, settings.device, BACKENDS))
+    comparison = cached(
+        f"step/{step_shape.label}", lambda: step_comparison(step_shape, settings.device, BACKENDS)
+    )
     run_candidate(benchmark, comparison, backend, settings)

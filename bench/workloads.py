@@ -27,9 +27,17 @@ from train.runtime import Runtime, compiles_model
 from train.step import TrainStep
 
 __all__ = [
-    "runtime_for", "make_train_step", "step_inputs", "count_train_step", "StepCount",
-    "synthetic_images", "default_dtype", "STEPS_PER_EPOCH", "triton_ghost_bn_act_bytes",
-    "triton_augment_bytes", "step_ops",
+    "runtime_for",
+    "make_train_step",
+    "step_inputs",
+    "count_train_step",
+    "StepCount",
+    "synthetic_images",
+    "default_dtype",
+    "STEPS_PER_EPOCH",
+    "triton_ghost_bn_act_bytes",
+    "triton_augment_bytes",
+    "step_ops",
 ]
 
 #: Steps in one epoch of the recipe (50,000 images, batch 512, last partial batch dropped).
@@ -41,25 +49,34 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
-def runtime_for(device: torch.device, backend: str, dtype: torch.dtype | None = None,
-                channels_last: bool | None = None) -> Runtime:
+def runtime_for(
+    device: torch.device,
+    backend: str,
+    dtype: torch.dtype | None = None,
+    channels_last: bool | None = None,
+) -> Runtime:
     """The :class:`train.runtime.Runtime` the trainer would resolve on ``device``."""
-    return Runtime(device=device, backend=backend,
-                   dtype=dtype if dtype is not None else default_dtype(device),
-                   channels_last=(device.type == "cuda") if channels_last is None
-                   else channels_last)
+    return Runtime(
+        device=device,
+        backend=backend,
+        dtype=dtype if dtype is not None else default_dtype(device),
+        channels_last=(device.type == "cuda") if channels_last is None else channels_last,
+    )
 
 
 def train_config(shape: StepShape) -> TrainConfig:
     """The recipe's settings at ``shape``'s width and batch (ghost splits of 32 images)."""
-    return TrainConfig(width=shape.width, batch_size=shape.batch,
-                       ghost_batch=GHOST_BATCH if shape.batch % GHOST_BATCH == 0 else 0)
+    return TrainConfig(
+        width=shape.width,
+        batch_size=shape.batch,
+        ghost_batch=GHOST_BATCH if shape.batch % GHOST_BATCH == 0 else 0,
+    )
 
 
 def _whitening_filters(seed: int = 0) -> torch.Tensor:
     # Any finite filters time the same; these have the scale of real whitening filters.
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(27, 3, 3, 3, generator=g) / 27 ** 0.5
+    return torch.randn(27, 3, 3, 3, generator=g) / 27**0.5
 
 
 def build_model(shape: StepShape, backend: str, runtime: Runtime, seed: int = 0) -> ResNet9:
@@ -75,19 +92,18 @@ def build_model(shape: StepShape, backend: str, runtime: Runtime, seed: int = 0)
     return model.train()
 
 
-def make_train_step(shape: StepShape, backend: str, runtime: Runtime, seed: int = 0
-                    ) -> TrainStep:
+def make_train_step(shape: StepShape, backend: str, runtime: Runtime, seed: int = 0) -> TrainStep:
     """The trainer's step for ``backend``: like :class:`train.trainer.Trainer`, the whole
     model is wrapped in ``torch.compile`` for ``compile``, and for ``triton`` on a GPU (the
     Triton ops are custom ops the compiler calls as they are)."""
     model = build_model(shape, backend, runtime, seed)
     forward = torch.compile(model) if compiles_model(backend, runtime.device) else model
-    return TrainStep(model, forward, train_config(shape), runtime,
-                     steps_per_epoch=STEPS_PER_EPOCH)
+    return TrainStep(model, forward, train_config(shape), runtime, steps_per_epoch=STEPS_PER_EPOCH)
 
 
-def step_inputs(shape: StepShape, runtime: Runtime, sets: int = 1, seed: int = 0
-                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def step_inputs(
+    shape: StepShape, runtime: Runtime, sets: int = 1, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``sets`` batches of normalised-looking inputs (runtime dtype and memory format) and
     labels, to rotate through."""
     g = torch.Generator().manual_seed(seed)
@@ -127,7 +143,7 @@ class StepCount:
     channels_last: bool
     ema_every: int
     phases: dict[str, dict[str, int]]
-    flops: int                           # FlopCounterMode, one step
+    flops: int  # FlopCounterMode, one step
     bn_sites: list[dict[str, Any]] = field(default_factory=list)
     records: list[Any] = field(default_factory=list, repr=False)
 
@@ -136,8 +152,10 @@ class StepCount:
 
     def eager_bytes(self) -> int:
         """Bytes of an average eager step: the EMA update counted at 1/ema_every."""
-        return self.bytes_where(lambda p: p != "ema") + self.phases.get(
-            "ema", {"bytes": 0})["bytes"] // self.ema_every
+        return (
+            self.bytes_where(lambda p: p != "ema")
+            + self.phases.get("ema", {"bytes": 0})["bytes"] // self.ema_every
+        )
 
     def outside_model_bytes(self) -> int:
         """Bytes of an average step outside the network (augment, loss, optimiser, EMA)."""
@@ -152,10 +170,17 @@ class StepCount:
         return self.bytes_where(lambda p: p.startswith("bn_"))
 
     def to_json(self) -> dict[str, Any]:
-        return {"width": self.shape.width, "batch": self.shape.batch, "dtype": self.dtype,
-                "channels_last": self.channels_last, "ema_every": self.ema_every,
-                "flops": self.flops, "eager_bytes": self.eager_bytes(),
-                "phases": self.phases, "bn_sites": self.bn_sites}
+        return {
+            "width": self.shape.width,
+            "batch": self.shape.batch,
+            "dtype": self.dtype,
+            "channels_last": self.channels_last,
+            "ema_every": self.ema_every,
+            "flops": self.flops,
+            "eager_bytes": self.eager_bytes(),
+            "phases": self.phases,
+            "bn_sites": self.bn_sites,
+        }
 
 
 def _fake_copy(model: nn.Module, mode: Any) -> nn.Module:
@@ -163,8 +188,9 @@ def _fake_copy(model: nn.Module, mode: Any) -> nn.Module:
     return model
 
 
-def count_train_step(shape: StepShape, dtype: torch.dtype, channels_last: bool,
-                     augment: bool = True) -> StepCount:
+def count_train_step(
+    shape: StepShape, dtype: torch.dtype, channels_last: bool, augment: bool = True
+) -> StepCount:
     """Count one eager training step at ``shape`` in ``dtype`` (fp32, or fp16/bf16 under
     autocast as the trainer runs on a GPU) without running it: every tensor is fake.
 
@@ -179,7 +205,7 @@ def count_train_step(shape: StepShape, dtype: torch.dtype, channels_last: bool,
     cpu = torch.device("cpu")
     runtime = Runtime(device=cpu, backend="eager", dtype=dtype, channels_last=channels_last)
     config = train_config(shape)
-    model = build_model(shape, "eager", runtime)   # real, small: parameters only
+    model = build_model(shape, "eager", runtime)  # real, small: parameters only
     mode = FakeTensorMode()
     _fake_copy(model, mode)
     counter = ByteCounter(backward_phase="loss_bwd")
@@ -190,6 +216,7 @@ def count_train_step(shape: StepShape, dtype: torch.dtype, channels_last: bool,
         def hook(module: nn.Module, args: tuple) -> None:
             counter._bn_stack.append((counter.phase, args[0]))
             counter.phase = f"bn_fwd:{index}"
+
         return hook
 
     def bn_post(index: int) -> Callable:
@@ -199,11 +226,19 @@ def count_train_step(shape: StepShape, dtype: torch.dtype, channels_last: bool,
             for node in autograd_nodes_between(output, x):
                 counter.node_phases.setdefault(node, f"bn_bwd:{index}")
             if len(site_info) < len(sites):
-                site_info.append({"index": index, "shape": list(x.shape), "pool": module.pool,
-                                  "dtype": str(x.dtype).replace("torch.", ""),
-                                  "channels_last": bool(
-                                      x.is_contiguous(memory_format=torch.channels_last)
-                                      and not x.is_contiguous())})
+                site_info.append(
+                    {
+                        "index": index,
+                        "shape": list(x.shape),
+                        "pool": module.pool,
+                        "dtype": str(x.dtype).replace("torch.", ""),
+                        "channels_last": bool(
+                            x.is_contiguous(memory_format=torch.channels_last)
+                            and not x.is_contiguous()
+                        ),
+                    }
+                )
+
         return hook
 
     def model_post(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
@@ -212,36 +247,52 @@ def count_train_step(shape: StepShape, dtype: torch.dtype, channels_last: bool,
             counter.node_phases.setdefault(node, "model_bwd")
 
     counter._bn_stack = []  # type: ignore[attr-defined]
-    hooks = [model.register_forward_pre_hook(lambda m, a: setattr(counter, "phase", "model_fwd")),
-             model.register_forward_hook(model_post)]
+    hooks = [
+        model.register_forward_pre_hook(lambda m, a: setattr(counter, "phase", "model_fwd")),
+        model.register_forward_hook(model_post),
+    ]
     for i, site in enumerate(sites):
         hooks += [site.register_forward_pre_hook(bn_pre(i)), site.register_forward_hook(bn_post(i))]
     try:
         with mode:
             step = TrainStep(model, model, config, runtime, steps_per_epoch=STEPS_PER_EPOCH)
             opt = step.optimizer
-            hooks += [opt.register_step_pre_hook(lambda *a: setattr(counter, "phase", "optimizer")),
-                      opt.register_step_post_hook(lambda *a: setattr(counter, "phase", "other"))]
+            hooks += [
+                opt.register_step_pre_hook(lambda *a: setattr(counter, "phase", "optimizer")),
+                opt.register_step_post_hook(lambda *a: setattr(counter, "phase", "other")),
+            ]
             if step.ema is not None:
                 update = step.ema.update
 
                 def ema_update() -> None:
                     with counter.in_phase("ema"):
                         update()
-                step.ema.update = ema_update            # this instance only
-                step.steps = step.ema_every - 1         # the counted step runs the EMA
+
+                step.ema.update = ema_update  # this instance only
+                step.steps = step.ema_every - 1  # the counted step runs the EMA
             images = torch.empty(shape.batch * 2, 3, 32, 32, dtype=torch.uint8)
             labels = torch.empty(shape.batch * 2, dtype=torch.int64)
             indices = torch.arange(shape.batch)
             crop, flip, cutout = random_augment_params(
-                shape.batch, pad=config.pad, cutout_size=config.cutout, flip=config.flip)
+                shape.batch, pad=config.pad, cutout_size=config.cutout, flip=config.flip
+            )
             with counter:
                 if augment:
                     with counter.in_phase("augment"):
                         inputs = augment_op(
-                            images, indices, crop, flip, cutout, cutout_size=config.cutout,
-                            pad=config.pad, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-                            out_dtype=dtype, backend="eager", validate=False)
+                            images,
+                            indices,
+                            crop,
+                            flip,
+                            cutout,
+                            cutout_size=config.cutout,
+                            pad=config.pad,
+                            mean=CIFAR10_MEAN,
+                            std=CIFAR10_STD,
+                            out_dtype=dtype,
+                            backend="eager",
+                            validate=False,
+                        )
                         targets = labels[indices]
                 else:
                     inputs = torch.empty(shape.batch, 3, 32, 32, dtype=dtype)
@@ -260,9 +311,16 @@ def count_train_step(shape: StepShape, dtype: torch.dtype, channels_last: bool,
         entry["bytes"] += r.bytes
         entry["flops"] += r.flops
         entry["ops"] += 1
-    return StepCount(shape=shape, dtype=str(dtype).replace("torch.", ""),
-                     channels_last=channels_last, ema_every=config.ema_every, phases=phases,
-                     flops=flops, bn_sites=site_info, records=counter.records)
+    return StepCount(
+        shape=shape,
+        dtype=str(dtype).replace("torch.", ""),
+        channels_last=channels_last,
+        ema_every=config.ema_every,
+        phases=phases,
+        flops=flops,
+        bn_sites=site_info,
+        records=counter.records,
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -270,14 +328,18 @@ def count_train_step(shape: StepShape, dtype: torch.dtype, channels_last: bool,
 # ------------------------------------------------------------------------------------------
 
 
-def triton_ghost_bn_act_bytes(shape: Sequence[int], dtype: torch.dtype, pool: bool,
-                              direction: str, act: str | None = "celu") -> int:
+def triton_ghost_bn_act_bytes(
+    shape: Sequence[int], dtype: torch.dtype, pool: bool, direction: str, act: str | None = "celu"
+) -> int:
     """Bytes the Triton ghost-BN kernels move at one site in training ("fwd", "bwd" or
     "fwd+bwd"), from ``kernels.ghost_bn_act_bytes`` (the recipe's frozen scale, splits of
     32 images)."""
     b = int(shape[0])
-    kw = dict(splits=max(1, b // GHOST_BATCH) if b % GHOST_BATCH == 0 else 1,
-              learnable_scale=False, act=act)
+    kw = dict(
+        splits=max(1, b // GHOST_BATCH) if b % GHOST_BATCH == 0 else 1,
+        learnable_scale=False,
+        act=act,
+    )
     fwd = int(ghost_bn_act_bytes(tuple(shape), dtype, pool, True, False, **kw)["triton"])
     if direction == "fwd":
         return fwd
@@ -285,8 +347,9 @@ def triton_ghost_bn_act_bytes(shape: Sequence[int], dtype: torch.dtype, pool: bo
     return both if direction == "fwd+bwd" else both - fwd
 
 
-def triton_augment_bytes(batch: int, dtype: torch.dtype, cutout_size: int, pad: int,
-                         channels: int = 3, size: int = 32) -> int:
+def triton_augment_bytes(
+    batch: int, dtype: torch.dtype, cutout_size: int, pad: int, channels: int = 3, size: int = 32
+) -> int:
     """Bytes the Triton augmentation kernel moves for one batch, from
     ``kernels.augment_bytes`` (its ``fused`` total)."""
     counts = augment_bytes(batch, channels, size, size, dtype, pad=pad, cutout=bool(cutout_size))
@@ -298,9 +361,13 @@ def triton_augment_bytes(batch: int, dtype: torch.dtype, cutout_size: int, pad: 
 # ------------------------------------------------------------------------------------------
 
 
-def step_ops(count: StepCount, backend: str, *, compiled_model_bytes: int | None = None,
-             compiled_augment_bytes: int | None = None
-             ) -> tuple[list[tuple[int, int]] | None, str]:
+def step_ops(
+    count: StepCount,
+    backend: str,
+    *,
+    compiled_model_bytes: int | None = None,
+    compiled_augment_bytes: int | None = None,
+) -> tuple[list[tuple[int, int]] | None, str]:
     """The ops of one average step on ``backend`` as (bytes, flops), and how they were
     counted — or (None, why not).
 
@@ -322,31 +389,44 @@ def step_ops(count: StepCount, backend: str, *, compiled_model_bytes: int | None
     if backend == "eager":
         return [scaled(r) for r in count.records], "dispatch-mode count of every eager op"
     if backend == "triton":
-        ops = [scaled(r) for r in count.records
-               if not r.phase.startswith("bn_") and r.phase != "augment"]
+        ops = [
+            scaled(r)
+            for r in count.records
+            if not r.phase.startswith("bn_") and r.phase != "augment"
+        ]
         for site in count.bn_sites:
             for direction in ("fwd", "bwd"):
-                b = triton_ghost_bn_act_bytes(site["shape"], getattr(torch, site["dtype"]),
-                                              site["pool"], direction)
+                b = triton_ghost_bn_act_bytes(
+                    site["shape"], getattr(torch, site["dtype"]), site["pool"], direction
+                )
                 ops.append((b, 0))
         if "augment" in count.phases:
             a = triton_augment_bytes(count.shape.batch, getattr(torch, count.dtype), 0, 4)
             ops.append((a, 0))
-        return ops, ("eager count with the BN sites and the augmentation replaced by the "
-                     "Triton kernels' byte counts")
+        return ops, (
+            "eager count with the BN sites and the augmentation replaced by the "
+            "Triton kernels' byte counts"
+        )
     if backend == "compile":
         if compiled_model_bytes is None:
-            return None, ("needs Inductor's count of the compiled model at this shape and "
-                          "dtype, which a step benchmark at this configuration produces")
+            return None, (
+                "needs Inductor's count of the compiled model at this shape and "
+                "dtype, which a step benchmark at this configuration produces"
+            )
         model = [r for r in count.records if r.phase.startswith(("model_", "bn_"))]
         tensor_ops = [(r.bytes, r.flops) for r in model if r.flops]
         ops = tensor_ops + [(max(0, compiled_model_bytes - sum(b for b, _ in tensor_ops)), 0)]
-        ops += [scaled(r) for r in count.records
-                if not r.phase.startswith(("model_", "bn_")) and r.phase != "augment"]
+        ops += [
+            scaled(r)
+            for r in count.records
+            if not r.phase.startswith(("model_", "bn_")) and r.phase != "augment"
+        ]
         if "augment" in count.phases:
             if compiled_augment_bytes is None:
                 return None, "needs Inductor's count of the compiled augmentation at this dtype"
             ops.append((compiled_augment_bytes, 0))
-        return ops, ("Inductor's count of the compiled model and augmentation graphs, convs "
-                     "and matmuls as counted, the rest eager")
+        return ops, (
+            "Inductor's count of the compiled model and augmentation graphs, convs "
+            "and matmuls as counted, the rest eager"
+        )
     raise ValueError(f"unknown backend {backend!r}")

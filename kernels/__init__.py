@@ -36,7 +36,16 @@ from kernels.ghost_bn_act import (
 )
 
 __all__ = [
-    "ACTIVATIONS", "BACKENDS", "augment", "augment_bytes", "augment_reference",
-    "ghost_bn_act", "ghost_bn_act_bytes", "ghost_bn_act_reference", "interpreting",
-    "random_augment_params", "resolve_backend", "triton_available",
+    "ACTIVATIONS",
+    "BACKENDS",
+    "augment",
+    "augment_bytes",
+    "augment_reference",
+    "ghost_bn_act",
+    "ghost_bn_act_bytes",
+    "ghost_bn_act_reference",
+    "interpreting",
+    "random_augment_params",
+    "resolve_backend",
+    "triton_available",
 ]

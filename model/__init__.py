@@ -23,7 +23,19 @@ from model.whitening import (
 )
 
 __all__ = [
-    "MODEL_BACKENDS", "BNSiteShape", "ConvBlock", "GhostBNAct", "Head", "PatchWhitening",
-    "Residual", "ResNet9", "ResNet9Config", "WhiteningFilters", "bn_site_shapes",
-    "channel_widths", "op_backend", "patch_whitening_filters", "whitening_filters_from_data",
+    "MODEL_BACKENDS",
+    "BNSiteShape",
+    "ConvBlock",
+    "GhostBNAct",
+    "Head",
+    "PatchWhitening",
+    "Residual",
+    "ResNet9",
+    "ResNet9Config",
+    "WhiteningFilters",
+    "bn_site_shapes",
+    "channel_widths",
+    "op_backend",
+    "patch_whitening_filters",
+    "whitening_filters_from_data",
 ]

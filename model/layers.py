@@ -36,8 +36,10 @@ def op_backend(model_backend: str) -> str:
     fused Triton kernels.
     """
     if model_backend not in MODEL_BACKENDS:
-        raise ValueError(f"unknown model backend {model_backend!r}: choose one of "
-                         f"{', '.join(MODEL_BACKENDS)} (resolve 'auto' before building the model)")
+        raise ValueError(
+            f"unknown model backend {model_backend!r}: choose one of "
+            f"{', '.join(MODEL_BACKENDS)} (resolve 'auto' before building the model)"
+        )
     return "triton" if model_backend == "triton" else "eager"
 
 
@@ -107,19 +109,28 @@ class GhostBNAct(nn.Module):
         (B, C, H, W). In training B must be a multiple of ``splits``.
         """
         return ghost_bn_act(
-            x, self.bias, self.running_mean, self.running_var,
+            x,
+            self.bias,
+            self.running_mean,
+            self.running_var,
             weight=self.weight,
             splits=self.splits if self.training else 1,
-            pool=self.pool, act=self.act, alpha=self.alpha,
-            eps=self.eps, momentum=self.momentum,
-            training=self.training, backend=op_backend(self.backend),
+            pool=self.pool,
+            act=self.act,
+            alpha=self.alpha,
+            eps=self.eps,
+            momentum=self.momentum,
+            training=self.training,
+            backend=op_backend(self.backend),
         )
 
     def extra_repr(self) -> str:
         scale = "learnable" if self.learnable_scale else "frozen=1"
-        return (f"{self.channels}, splits={self.splits}, pool={self.pool}, act={self.act}, "
-                f"alpha={self.alpha}, scale={scale}, eps={self.eps}, momentum={self.momentum}, "
-                f"backend={self.backend!r}")
+        return (
+            f"{self.channels}, splits={self.splits}, pool={self.pool}, act={self.act}, "
+            f"alpha={self.alpha}, scale={scale}, eps={self.eps}, momentum={self.momentum}, "
+            f"backend={self.backend!r}"
+        )
 
 
 class ConvBlock(nn.Module):

@@ -42,8 +42,7 @@ from torch import nn
 from model.layers import ConvBlock, GhostBNAct, Residual, op_backend
 from model.whitening import PatchWhitening
 
-__all__ = ["BNSiteShape", "ResNet9Config", "ResNet9", "Head", "bn_site_shapes",
-           "channel_widths"]
+__all__ = ["BNSiteShape", "ResNet9Config", "ResNet9", "Head", "bn_site_shapes", "channel_widths"]
 
 #: Channels of prep, layer1, layer2, layer3 at width 1.
 BASE_WIDTHS = (64, 128, 256, 512)
@@ -65,8 +64,8 @@ class ResNet9Config:
     """
 
     width: float = 1.0
-    activation: str = "celu"          # "celu" | "relu"
-    celu_alpha: float = 0.3           # 0.075 × 4: frozen scales of 1 stand for 1/4
+    activation: str = "celu"  # "celu" | "relu"
+    celu_alpha: float = 0.3  # 0.075 × 4: frozen scales of 1 stand for 1/4
     ghost_splits: int = 16
     frozen_bn_scale: bool = True
     pool_before_bn: bool = True
@@ -94,8 +93,14 @@ class ResNet9Config:
     def baseline(cls, **overrides) -> ResNet9Config:
         """The seed's starting point: ReLU, plain BN with learnable scales, pool after BN,
         no whitening, logits × 1/8."""
-        base = dict(activation="relu", ghost_splits=1, frozen_bn_scale=False,
-                    pool_before_bn=False, whitening=False, output_scale=0.125)
+        base = dict(
+            activation="relu",
+            ghost_splits=1,
+            frozen_bn_scale=False,
+            pool_before_bn=False,
+            whitening=False,
+            output_scale=0.125,
+        )
         return cls(**{**base, **overrides})
 
     def replace(self, **changes) -> ResNet9Config:
@@ -181,8 +186,9 @@ class ResNet9(nn.Module):
         """Install the patch-whitening filters, float (27, 3, 3, 3) from
         :func:`model.whitening.whitening_filters_from_data` (its ``.filters``)."""
         if self.whitening is None:
-            raise RuntimeError("this model was built with whitening=False: it has no "
-                               "whitening conv to set")
+            raise RuntimeError(
+                "this model was built with whitening=False: it has no whitening conv to set"
+            )
         self.whitening.set_filters(filters)
 
     def bn_sites(self) -> Iterator[GhostBNAct]:
@@ -221,8 +227,7 @@ class ResNet9(nn.Module):
         The whitening filters are a buffer, never a parameter, so they are in no group.
         Each trainable parameter is in exactly one list, in ``named_parameters`` order.
         """
-        groups: dict[str, list[nn.Parameter]] = {"weights": [], "bn_biases": [],
-                                                 "bn_weights": []}
+        groups: dict[str, list[nn.Parameter]] = {"weights": [], "bn_biases": [], "bn_weights": []}
         for module in self.modules():
             for name, param in module.named_parameters(recurse=False):
                 if not param.requires_grad:
@@ -240,7 +245,7 @@ class ResNet9(nn.Module):
         for module in self.modules():
             if isinstance(module, GhostBNAct):
                 continue
-            for name, param in module.named_parameters(recurse=False):
+            for param in module.parameters(recurse=False):
                 param.data = param.data.to(dtype)
             for name, buf in module.named_buffers(recurse=False):
                 if buf.is_floating_point():
@@ -265,9 +270,10 @@ class BNSiteShape:
     pool: bool
 
 
-@functools.lru_cache(maxsize=None)
-def bn_site_shapes(config: ResNet9Config | None = None,
-                   image_size: int = 32) -> tuple[BNSiteShape, ...]:
+@functools.cache
+def bn_site_shapes(
+    config: ResNet9Config | None = None, image_size: int = 32
+) -> tuple[BNSiteShape, ...]:
     """Every BN site of the ResNet9 that ``config`` builds, in forward order (eight).
 
     Read from the model itself, built on the meta device (no memory, no initialisation), so

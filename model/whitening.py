@@ -28,8 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "WhiteningFilters", "PatchWhitening", "patch_second_moment", "filters_from_second_moment",
-    "patch_whitening_filters", "whitening_filters_from_data",
+    "WhiteningFilters",
+    "PatchWhitening",
+    "patch_second_moment",
+    "filters_from_second_moment",
+    "patch_whitening_filters",
+    "whitening_filters_from_data",
 ]
 
 #: Images per chunk when accumulating XᵀX: 500 images × 900 patches × 27 in float64 ≈ 97 MB.
@@ -50,12 +54,14 @@ def _check_images(images: torch.Tensor, patch_size: int) -> None:
     if not images.is_floating_point():
         raise TypeError(
             f"images must be normalised floating-point images, got dtype {images.dtype}: for "
-            "the raw uint8 data set use whitening_filters_from_data(images, mean, std)")
+            "the raw uint8 data set use whitening_filters_from_data(images, mean, std)"
+        )
     if images.dim() != 4:
         raise ValueError(f"images must be (N, C, H, W); got shape {tuple(images.shape)}")
     if images.shape[2] < patch_size or images.shape[3] < patch_size:
-        raise ValueError(f"images of {tuple(images.shape[2:])} pixels have no "
-                         f"{patch_size}×{patch_size} patch")
+        raise ValueError(
+            f"images of {tuple(images.shape[2:])} pixels have no {patch_size}×{patch_size} patch"
+        )
 
 
 def _chunk_second_moment(chunk: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -65,14 +71,16 @@ def _chunk_second_moment(chunk: torch.Tensor, patch_size: int) -> torch.Tensor:
     time counts towards a run's clock); one chunk's sum of ≤ 500·900 patches keeps float32's
     relative error near 1e-6, and the chunks are added in float64.
     """
-    patches = F.unfold(chunk.float(), patch_size)          # (n, C·k², L), no padding
-    x = patches.transpose(1, 2).reshape(-1, patches.shape[1])   # (n·L, C·k²)
+    patches = F.unfold(chunk.float(), patch_size)  # (n, C·k², L), no padding
+    x = patches.transpose(1, 2).reshape(-1, patches.shape[1])  # (n·L, C·k²)
     return (x.T @ x).double()
 
 
 @torch.no_grad()
 def patch_second_moment(
-    images: torch.Tensor, patch_size: int = 3, chunk_size: int | None = DEFAULT_CHUNK,
+    images: torch.Tensor,
+    patch_size: int = 3,
+    chunk_size: int | None = DEFAULT_CHUNK,
 ) -> tuple[torch.Tensor, int]:
     """Accumulate XᵀX over every ``patch_size``² patch of ``images``, a chunk at a time.
 
@@ -91,13 +99,18 @@ def patch_second_moment(
     step = n_images if chunk_size is None else max(1, int(chunk_size))
     xtx = torch.zeros(dim, dim, dtype=torch.float64, device=images.device)
     for start in range(0, n_images, step):
-        xtx += _chunk_second_moment(images[start:start + step], patch_size)
+        xtx += _chunk_second_moment(images[start : start + step], patch_size)
     count = n_images * (height - patch_size + 1) * (width - patch_size + 1)
     return xtx, count
 
 
 def filters_from_second_moment(
-    xtx: torch.Tensor, count: int, *, channels: int, patch_size: int = 3, eps: float = 1e-2,
+    xtx: torch.Tensor,
+    count: int,
+    *,
+    channels: int,
+    patch_size: int = 3,
+    eps: float = 1e-2,
 ) -> WhiteningFilters:
     """Whitening filters from XᵀX (float (D, D), D = C·k²) summed over ``count`` patches.
 
@@ -106,24 +119,26 @@ def filters_from_second_moment(
     """
     dim = channels * patch_size * patch_size
     if xtx.shape != (dim, dim):
-        raise ValueError(f"xtx must be {dim}×{dim} for {channels} channels and "
-                         f"{patch_size}×{patch_size} patches; got {tuple(xtx.shape)}")
+        raise ValueError(
+            f"xtx must be {dim}×{dim} for {channels} channels and "
+            f"{patch_size}×{patch_size} patches; got {tuple(xtx.shape)}"
+        )
     if count < 2:
         raise ValueError(f"need at least 2 patches to estimate a covariance; got {count}")
     if not eps > 0:
         raise ValueError(f"eps must be positive; got {eps}")
     sigma = xtx.double() / (count - 1)
     sigma = (sigma + sigma.T) / 2  # exact symmetry for eigh
-    eigenvalues, eigenvectors = torch.linalg.eigh(sigma)   # ascending
+    eigenvalues, eigenvectors = torch.linalg.eigh(sigma)  # ascending
     eigenvalues = eigenvalues.flip(0)
-    eigenvectors = eigenvectors.flip(1)                    # column i ↔ eigenvalues[i]
+    eigenvectors = eigenvectors.flip(1)  # column i ↔ eigenvalues[i]
     # Fix each eigenvector's sign: its largest-magnitude entry is positive.
     peak = eigenvectors.abs().argmax(dim=0)
     signs = torch.sign(eigenvectors.gather(0, peak[None]))[0]
     eigenvectors = eigenvectors * torch.where(signs == 0, 1.0, signs)
     # Σ is positive semi-definite; clamp round-off negatives so √ stays real.
     scale = torch.rsqrt(eigenvalues.clamp_min(0.0) + eps)
-    filters = (eigenvectors * scale).T                     # row i = V[:, i] / √(Λᵢ + eps)
+    filters = (eigenvectors * scale).T  # row i = V[:, i] / √(Λᵢ + eps)
     return WhiteningFilters(
         filters.reshape(dim, channels, patch_size, patch_size).float().contiguous(),
         eigenvalues,
@@ -153,8 +168,9 @@ def patch_whitening_filters(
         descending by eigenvalue, and ``eigenvalues`` float64 (C·k²,).
     """
     xtx, count = patch_second_moment(images, patch_size, chunk_size)
-    return filters_from_second_moment(xtx, count, channels=images.shape[1],
-                                      patch_size=patch_size, eps=eps)
+    return filters_from_second_moment(
+        xtx, count, channels=images.shape[1], patch_size=patch_size, eps=eps
+    )
 
 
 @torch.no_grad()
@@ -184,12 +200,16 @@ def whitening_filters_from_data(
         :class:`WhiteningFilters` on ``images``' device.
     """
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
-        raise TypeError("images must be the uint8 (N, C, H, W) data set; for normalised float "
-                        "images call patch_whitening_filters")
+        raise TypeError(
+            "images must be the uint8 (N, C, H, W) data set; for normalised float "
+            "images call patch_whitening_filters"
+        )
     if images.dim() != 4 or images.shape[1] != len(mean) or len(mean) != len(std):
-        raise ValueError(f"images must be (N, C, H, W) with C = len(mean) = len(std); got shape "
-                         f"{tuple(images.shape)}, {len(mean)} means, {len(std)} stds "
-                         "(an (N, H, W, C) array needs .permute(0, 3, 1, 2) first)")
+        raise ValueError(
+            f"images must be (N, C, H, W) with C = len(mean) = len(std); got shape "
+            f"{tuple(images.shape)}, {len(mean)} means, {len(std)} stds "
+            "(an (N, H, W, C) array needs .permute(0, 3, 1, 2) first)"
+        )
     images = images[:n_images]
     channels = images.shape[1]
     shape = (1, channels, 1, 1)
@@ -199,12 +219,11 @@ def whitening_filters_from_data(
     xtx = torch.zeros(dim, dim, dtype=torch.float64, device=images.device)
     count = 0
     for start in range(0, images.shape[0], max(1, int(chunk_size))):
-        chunk = (images[start:start + chunk_size].float() - mean_t) / std_t
+        chunk = (images[start : start + chunk_size].float() - mean_t) / std_t
         part, n = patch_second_moment(chunk, patch_size, chunk_size=None)
         xtx += part
         count += n
-    return filters_from_second_moment(xtx, count, channels=channels,
-                                      patch_size=patch_size, eps=eps)
+    return filters_from_second_moment(xtx, count, channels=channels, patch_size=patch_size, eps=eps)
 
 
 class PatchWhitening(nn.Module):
@@ -227,8 +246,10 @@ class PatchWhitening(nn.Module):
         self.in_channels = in_channels
         self.patch_size = patch_size
         self.out_channels = in_channels * patch_size * patch_size
-        self.register_buffer("filters", torch.full(
-            (self.out_channels, in_channels, patch_size, patch_size), float("nan")))
+        self.register_buffer(
+            "filters",
+            torch.full((self.out_channels, in_channels, patch_size, patch_size), float("nan")),
+        )
         # Python-side cache of "the filters are finite", so a set model never syncs the GPU.
         self._ready = False
         # Loading a state dict may bring unset (NaN) filters: look at them again on next use.
@@ -243,10 +264,12 @@ class PatchWhitening(nn.Module):
         """Copy ``filters`` float (C·k², C, k, k) into the buffer (keeping its dtype, device and
         memory format)."""
         if not isinstance(filters, torch.Tensor) or tuple(filters.shape) != tuple(
-                self.filters.shape):
+            self.filters.shape
+        ):
             got = tuple(filters.shape) if isinstance(filters, torch.Tensor) else type(filters)
-            raise ValueError(f"whitening filters must have shape {tuple(self.filters.shape)}; "
-                             f"got {got}")
+            raise ValueError(
+                f"whitening filters must have shape {tuple(self.filters.shape)}; got {got}"
+            )
         if not bool(torch.isfinite(filters).all()):
             raise ValueError("whitening filters contain NaN or inf")
         self.filters.copy_(filters)
@@ -260,7 +283,8 @@ class PatchWhitening(nn.Module):
             raise RuntimeError(
                 "the patch-whitening filters are not set: call model.set_whitening("
                 "whitening_filters_from_data(train_images_uint8, mean, std).filters) before "
-                "training or evaluating (or build the model with whitening=False)")
+                "training or evaluating (or build the model with whitening=False)"
+            )
         self._ready = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -273,5 +297,7 @@ class PatchWhitening(nn.Module):
         return F.conv2d(x, self.filters.to(x.dtype), padding=self.patch_size // 2)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.patch_size}, "
-                f"padding={self.patch_size // 2}, fixed, set={self._ready}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.patch_size}, "
+            f"padding={self.patch_size // 2}, fixed, set={self._ready}"
+        )

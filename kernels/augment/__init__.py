@@ -71,6 +71,11 @@ from kernels.augment.reference import (
 from kernels.augment.specs import aot_specs, augment_bytes
 
 __all__ = [
-    "OUT_DTYPES", "aot_specs", "augment", "augment_bytes", "augment_reference",
-    "check_augment_inputs", "random_augment_params",
+    "OUT_DTYPES",
+    "aot_specs",
+    "augment",
+    "augment_bytes",
+    "augment_reference",
+    "check_augment_inputs",
+    "random_augment_params",
 ]

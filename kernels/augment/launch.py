@@ -17,7 +17,6 @@ from kernels._common import check_tensor, interpreting, triton
 from kernels.augment.reference import OUT_DTYPES
 from kernels.augment.triton_kernels import _augment_fwd_kernel
 
-
 #: Largest output tile (elements) one program holds: 4096 = one 32×32×3 CIFAR image padded
 #: to 32×128, i.e. 32 elements (four 8-element row vectors) per thread at 4 warps.
 TILE = 4096
@@ -30,13 +29,15 @@ def _launch_config(channels: int, height: int, width: int) -> dict[str, int]:
     block_wc = triton.next_power_of_2(channels * width)
     block_rows = min(triton.next_power_of_2(height), max(1, TILE // block_wc))
     tile = block_rows * block_wc
-    return dict(BLOCK_ROWS=block_rows, BLOCK_WC=block_wc,
-                num_warps=max(1, min(MAX_WARPS, tile // 256)))
+    return dict(
+        BLOCK_ROWS=block_rows, BLOCK_WC=block_wc, num_warps=max(1, min(MAX_WARPS, tile // 256))
+    )
 
 
 @functools.lru_cache(maxsize=16)
-def _stats_tensor(mean: tuple[float, ...], std: tuple[float, ...],
-                  device: torch.device) -> torch.Tensor:
+def _stats_tensor(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> torch.Tensor:
     """mean, std and RN(1/std) as one fp32 (3, C) device tensor, built once per (values,
     device).
 
@@ -49,9 +50,16 @@ def _stats_tensor(mean: tuple[float, ...], std: tuple[float, ...],
     return torch.cat([stats, 1.0 / stats[1:]]).to(device)
 
 
-def _check_launch(data: torch.Tensor, indices: torch.Tensor, crop: torch.Tensor,
-                  flip: torch.Tensor, cutout: torch.Tensor, cutout_size: int, pad: int,
-                  out_dtype: torch.dtype) -> None:
+def _check_launch(
+    data: torch.Tensor,
+    indices: torch.Tensor,
+    crop: torch.Tensor,
+    flip: torch.Tensor,
+    cutout: torch.Tensor,
+    cutout_size: int,
+    pad: int,
+    out_dtype: torch.dtype,
+) -> None:
     """What the kernel itself relies on, checked from metadata and Python ints only (no
     device sync), so it also runs when the caller passed ``validate=False``. The parameter
     *values* are not read back here; the kernel clamps its gather coordinates, so bad crops
@@ -69,16 +77,25 @@ def _check_launch(data: torch.Tensor, indices: torch.Tensor, crop: torch.Tensor,
         raise TypeError(f"out_dtype must be float32, float16 or bfloat16; got {out_dtype}")
     _, _, height, width = data.shape
     if not 0 <= pad < min(height, width):
-        raise ValueError(f"pad must be in [0, {min(height, width) - 1}] for reflect padding; "
-                         f"got {pad}")
+        raise ValueError(
+            f"pad must be in [0, {min(height, width) - 1}] for reflect padding; got {pad}"
+        )
     if not 0 <= cutout_size <= min(height, width):
         raise ValueError(f"cutout_size must be in [0, {min(height, width)}]; got {cutout_size}")
 
 
-def _augment_launch(data: torch.Tensor, indices: torch.Tensor, crop: torch.Tensor,
-                    flip: torch.Tensor, cutout: torch.Tensor, cutout_size: int, pad: int,
-                    mean: Sequence[float], std: Sequence[float],
-                    out_dtype: torch.dtype) -> torch.Tensor:
+def _augment_launch(
+    data: torch.Tensor,
+    indices: torch.Tensor,
+    crop: torch.Tensor,
+    flip: torch.Tensor,
+    cutout: torch.Tensor,
+    cutout_size: int,
+    pad: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
     """Allocate the channels_last output and launch :func:`_augment_fwd_kernel` once."""
     _check_launch(data, indices, crop, flip, cutout, cutout_size, pad, out_dtype)
     _, channels, height, width = data.shape
@@ -97,9 +114,21 @@ def _augment_launch(data: torch.Tensor, indices: torch.Tensor, crop: torch.Tenso
     cfg = _launch_config(channels, height, width)
     grid = (batch * triton.cdiv(height, cfg["BLOCK_ROWS"]),)
     _augment_fwd_kernel[grid](
-        data, indices, crop, flip_u8, cutout, stats, out,
-        C=channels, H=height, W=width, PAD=pad, CUTOUT=cutout_size,
-        BLOCK_ROWS=cfg["BLOCK_ROWS"], BLOCK_WC=cfg["BLOCK_WC"],
-        BF16_BY_BITS=interpreting(), num_warps=cfg["num_warps"],
+        data,
+        indices,
+        crop,
+        flip_u8,
+        cutout,
+        stats,
+        out,
+        C=channels,
+        H=height,
+        W=width,
+        PAD=pad,
+        CUTOUT=cutout_size,
+        BLOCK_ROWS=cfg["BLOCK_ROWS"],
+        BLOCK_WC=cfg["BLOCK_WC"],
+        BF16_BY_BITS=interpreting(),
+        num_warps=cfg["num_warps"],
     )
     return out.permute(0, 3, 1, 2)

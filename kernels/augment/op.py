@@ -54,8 +54,13 @@ def augment(
     Returns:
         ``out_dtype`` (B, C, H, W) tensor in channels_last memory order.
     """
-    kwargs = dict(cutout_size=cutout_size, pad=pad, mean=tuple(map(float, mean)),
-                  std=tuple(map(float, std)), out_dtype=out_dtype)
+    kwargs = dict(
+        cutout_size=cutout_size,
+        pad=pad,
+        mean=tuple(map(float, mean)),
+        std=tuple(map(float, std)),
+        out_dtype=out_dtype,
+    )
     if validate:
         check_augment_inputs(data, indices, crop, flip, cutout, **kwargs)
     backend = resolve_backend(backend, data.device)
@@ -70,33 +75,72 @@ def augment(
 # torch.library registration
 # --------------------------------------------------------------------------------------------
 
+
 # ``torch.library.custom_op`` (not ``triton_op``, which cannot be traced while interpreting):
 # torch.compile and the dispatcher see one opaque op with a fake (meta) implementation.
 # No ``register_autograd``: every input is data or an integer parameter (uint8, int, bool —
 # none can require grad) and the output is the start of the graph, so there is no gradient
 # to define; autograd treats the output as a leaf.
 @torch.library.custom_op(f"{LIBRARY_NAMESPACE}::augment", mutates_args=())
-def _augment_op(data: torch.Tensor, indices: torch.Tensor, crop: torch.Tensor,
-                flip: torch.Tensor, cutout: torch.Tensor, cutout_size: int, pad: int,
-                mean: list[float], std: list[float], out_dtype: torch.dtype) -> torch.Tensor:
+def _augment_op(
+    data: torch.Tensor,
+    indices: torch.Tensor,
+    crop: torch.Tensor,
+    flip: torch.Tensor,
+    cutout: torch.Tensor,
+    cutout_size: int,
+    pad: int,
+    mean: list[float],
+    std: list[float],
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
     """``cifar_kernels::augment``: the fused Triton augmentation (see :func:`augment`)."""
-    return _augment_launch(data, indices, crop, flip, cutout, cutout_size, pad, mean, std,
-                           out_dtype)
+    return _augment_launch(
+        data, indices, crop, flip, cutout, cutout_size, pad, mean, std, out_dtype
+    )
 
 
 @_augment_op.register_fake
-def _augment_fake(data: torch.Tensor, indices: torch.Tensor, crop: torch.Tensor,
-                  flip: torch.Tensor, cutout: torch.Tensor, cutout_size: int, pad: int,
-                  mean: list[float], std: list[float], out_dtype: torch.dtype) -> torch.Tensor:
+def _augment_fake(
+    data: torch.Tensor,
+    indices: torch.Tensor,
+    crop: torch.Tensor,
+    flip: torch.Tensor,
+    cutout: torch.Tensor,
+    cutout_size: int,
+    pad: int,
+    mean: list[float],
+    std: list[float],
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
     _, channels, height, width = data.shape
     out = data.new_empty((indices.shape[0], height, width, channels), dtype=out_dtype)
     return out.permute(0, 3, 1, 2)
 
 
-def _augment_triton(data: torch.Tensor, indices: torch.Tensor, crop: torch.Tensor,
-                    flip: torch.Tensor, cutout: torch.Tensor, *, cutout_size: int, pad: int,
-                    mean: Sequence[float], std: Sequence[float],
-                    out_dtype: torch.dtype) -> torch.Tensor:
+def _augment_triton(
+    data: torch.Tensor,
+    indices: torch.Tensor,
+    crop: torch.Tensor,
+    flip: torch.Tensor,
+    cutout: torch.Tensor,
+    *,
+    cutout_size: int,
+    pad: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
     """The ``backend="triton"`` path of :func:`augment`: one launch of the custom op."""
-    return _augment_op(data, indices, crop, flip, cutout, int(cutout_size), int(pad),
-                       [float(m) for m in mean], [float(s) for s in std], out_dtype)
+    return _augment_op(
+        data,
+        indices,
+        crop,
+        flip,
+        cutout,
+        int(cutout_size),
+        int(pad),
+        [float(m) for m in mean],
+        [float(s) for s in std],
+        out_dtype,
+    )

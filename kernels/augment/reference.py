@@ -44,8 +44,11 @@ def random_augment_params(
         raise ValueError(f"cutout_size must be in [0, {min(height, width)}]; got {cutout_size}")
     kw = dict(device=device, generator=generator)
     crop = torch.randint(0, 2 * pad + 1, (batch, 2), **kw)
-    flips = torch.randint(0, 2, (batch,), **kw).bool() if flip else torch.zeros(
-        batch, dtype=torch.bool, device=device)
+    flips = (
+        torch.randint(0, 2, (batch,), **kw).bool()
+        if flip
+        else torch.zeros(batch, dtype=torch.bool, device=device)
+    )
     if cutout_size:
         corner_y = torch.randint(0, height - cutout_size + 1, (batch,), **kw)
         corner_x = torch.randint(0, width - cutout_size + 1, (batch,), **kw)
@@ -78,8 +81,8 @@ def augment_reference(
     if pad:
         images = F.pad(images, (pad, pad, pad, pad), mode="reflect")
     batch = images.shape[0]
-    rows = crop[:, 0:1].long() + torch.arange(height, device=data.device)   # (B, H)
-    cols = crop[:, 1:2].long() + torch.arange(width, device=data.device)    # (B, W)
+    rows = crop[:, 0:1].long() + torch.arange(height, device=data.device)  # (B, H)
+    cols = crop[:, 1:2].long() + torch.arange(width, device=data.device)  # (B, W)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
     b = torch.arange(batch, device=data.device)[:, None, None]
     patches = images.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
@@ -89,8 +92,8 @@ def augment_reference(
     if cutout_size:
         i = torch.arange(height, device=data.device)
         j = torch.arange(width, device=data.device)
-        in_rows = (i >= cutout[:, 0:1]) & (i < cutout[:, 0:1] + cutout_size)   # (B, H)
-        in_cols = (j >= cutout[:, 1:2]) & (j < cutout[:, 1:2] + cutout_size)   # (B, W)
+        in_rows = (i >= cutout[:, 0:1]) & (i < cutout[:, 0:1] + cutout_size)  # (B, H)
+        in_cols = (j >= cutout[:, 1:2]) & (j < cutout[:, 1:2] + cutout_size)  # (B, W)
         hole = in_rows[:, :, None, None] & in_cols[:, None, :, None]
         out = out.masked_fill(hole, 0.0)
     # (B, H, W, C) contiguous is exactly channels_last storage of (B, C, H, W).
@@ -122,13 +125,15 @@ def check_augment_inputs(
     if not data.is_contiguous():
         raise ValueError("data must be contiguous (N, C, H, W) uint8: call .contiguous() once")
     if not 0 <= pad < min(height, width):
-        raise ValueError(f"pad must be in [0, {min(height, width) - 1}] for reflect padding; "
-                         f"got {pad}")
+        raise ValueError(
+            f"pad must be in [0, {min(height, width) - 1}] for reflect padding; got {pad}"
+        )
     if not 0 <= cutout_size <= min(height, width):
         raise ValueError(f"cutout_size must be in [0, {min(height, width)}]; got {cutout_size}")
     if len(mean) != channels or len(std) != channels:
         raise ValueError(
-            f"mean and std need one value per channel ({channels}); got {len(mean)} and {len(std)}")
+            f"mean and std need one value per channel ({channels}); got {len(mean)} and {len(std)}"
+        )
     if any(s <= 0 for s in std):
         raise ValueError(f"std values must be positive; got {list(std)}")
     if out_dtype not in OUT_DTYPES:
@@ -140,8 +145,12 @@ def check_augment_inputs(
             raise ValueError(f"indices must lie in [0, {data.shape[0] - 1}]")
         if crop.min() < 0 or crop.max() > 2 * pad:
             raise ValueError(f"crop offsets must lie in [0, 2·pad] = [0, {2 * pad}]")
-        if cutout_size and (cutout.min() < 0 or cutout[:, 0].max() > height - cutout_size
-                            or cutout[:, 1].max() > width - cutout_size):
+        if cutout_size and (
+            cutout.min() < 0
+            or cutout[:, 0].max() > height - cutout_size
+            or cutout[:, 1].max() > width - cutout_size
+        ):
             raise ValueError(
                 f"cutout corners must keep the {cutout_size}×{cutout_size} square inside the "
-                f"{height}×{width} image")
+                f"{height}×{width} image"
+            )

@@ -22,8 +22,17 @@ __all__ = ["aot_specs", "augment_bytes"]
 _ELEMENT_SIZE = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
 
 
-def augment_bytes(batch: int, channels: int, height: int, width: int, out_dtype: torch.dtype,
-                  *, pad: int = 4, cutout: bool = True, index_bytes: int = 8) -> dict[str, Any]:
+def augment_bytes(
+    batch: int,
+    channels: int,
+    height: int,
+    width: int,
+    out_dtype: torch.dtype,
+    *,
+    pad: int = 4,
+    cutout: bool = True,
+    index_bytes: int = 8,
+) -> dict[str, Any]:
     """Global-memory bytes one batch moves: the fused kernel against eager PyTorch, counted.
 
     ``fused``: what :func:`_augment_fwd_kernel` reads and writes — each source byte once
@@ -39,7 +48,7 @@ def augment_bytes(batch: int, channels: int, height: int, width: int, out_dtype:
     ``eager_ops`` gives each op's read and write bytes; ``ratio`` is eager total / fused total.
     At B=512, C=3, 32×32, fp16, pad 4: fused 4.74 MB, eager 106.3 MB (22×).
     """
-    e = batch * channels * height * width          # elements of the batch
+    e = batch * channels * height * width  # elements of the batch
     s = _ELEMENT_SIZE[out_dtype]
     padded = batch * channels * (height + 2 * pad) * (width + 2 * pad)
     params = batch * (index_bytes * (1 + 2 + (2 if cutout else 0)) + 1)  # + flip bool
@@ -53,8 +62,9 @@ def augment_bytes(batch: int, channels: int, height: int, width: int, out_dtype:
         "flip": (4 * e + batch, 4 * e),
         "sub_mean": (4 * e, 4 * e),
         "div_std": (4 * e, 4 * e),
-        "cutout": ((4 * e + batch * height * width + 2 * batch * index_bytes, 4 * e)
-                   if cutout else (0, 0)),
+        "cutout": (
+            (4 * e + batch * height * width + 2 * batch * index_bytes, 4 * e) if cutout else (0, 0)
+        ),
         "cast": (4 * e, s * e),
         "channels_last": (s * e, s * e),
     }
@@ -79,27 +89,48 @@ def aot_specs() -> list[AotSpec]:
     or byte loads, and the JIT adds the hint by itself whenever a pointer happens to be
     aligned, so declaring fewer hints than it would only makes the AOT code conservative.
     """
-    base_sig = {"data_ptr": "*u8", "indices_ptr": "*i64", "crop_ptr": "*i64",
-                "flip_ptr": "*u8", "cutout_ptr": "*i64", "stats_ptr": "*fp32"}
-    constexpr_names = ("C", "H", "W", "PAD", "CUTOUT", "BLOCK_ROWS", "BLOCK_WC",
-                       "BF16_BY_BITS")
+    base_sig = {
+        "data_ptr": "*u8",
+        "indices_ptr": "*i64",
+        "crop_ptr": "*i64",
+        "flip_ptr": "*u8",
+        "cutout_ptr": "*i64",
+        "stats_ptr": "*fp32",
+    }
+    constexpr_names = ("C", "H", "W", "PAD", "CUTOUT", "BLOCK_ROWS", "BLOCK_WC", "BF16_BY_BITS")
     cfg = _launch_config(3, 32, 32)
     out_types = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
     configs = [  # (pad, cutout, out dtype)
-        (4, 8, torch.float16), (4, 0, torch.float16),
-        (4, 8, torch.bfloat16), (4, 0, torch.bfloat16),
+        (4, 8, torch.float16),
+        (4, 0, torch.float16),
+        (4, 8, torch.bfloat16),
+        (4, 0, torch.bfloat16),
         (4, 8, torch.float32),
-        (0, 0, torch.float16), (0, 0, torch.bfloat16),
+        (0, 0, torch.float16),
+        (0, 0, torch.bfloat16),
     ]
     specs = []
     for pad, cut, dtype in configs:
         name = out_types[dtype]
-        signature = {**base_sig, "out_ptr": f"*{name}",
-                     **{n: "constexpr" for n in constexpr_names}}
-        constexprs = dict(C=3, H=32, W=32, PAD=pad, CUTOUT=cut, BLOCK_ROWS=cfg["BLOCK_ROWS"],
-                          BLOCK_WC=cfg["BLOCK_WC"], BF16_BY_BITS=False)
-        specs.append(AotSpec(
-            label=f"augment-b512-c3-32x32-pad{pad}-cut{cut}-{name}",
-            kernel=_augment_fwd_kernel, signature=signature, constexprs=constexprs,
-            num_warps=cfg["num_warps"], divisible_by_16=("out_ptr",)))
+        signature = {**base_sig, "out_ptr": f"*{name}", **{n: "constexpr" for n in constexpr_names}}
+        constexprs = dict(
+            C=3,
+            H=32,
+            W=32,
+            PAD=pad,
+            CUTOUT=cut,
+            BLOCK_ROWS=cfg["BLOCK_ROWS"],
+            BLOCK_WC=cfg["BLOCK_WC"],
+            BF16_BY_BITS=False,
+        )
+        specs.append(
+            AotSpec(
+                label=f"augment-b512-c3-32x32-pad{pad}-cut{cut}-{name}",
+                kernel=_augment_fwd_kernel,
+                signature=signature,
+                constexprs=constexprs,
+                num_warps=cfg["num_warps"],
+                divisible_by_16=("out_ptr",),
+            )
+        )
     return specs

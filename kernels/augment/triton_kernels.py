@@ -51,20 +51,20 @@ def _round_to_bf16(y):
 
 @triton.jit
 def _augment_fwd_kernel(
-    data_ptr,     # *u8  (N, C, H, W) contiguous: the whole data set
+    data_ptr,  # *u8  (N, C, H, W) contiguous: the whole data set
     indices_ptr,  # *i32|*i64 (B,) contiguous: data-set index of each batch image
-    crop_ptr,     # *i32|*i64 (B, 2) contiguous: (row, col) window offset in the padded image
-    flip_ptr,     # *u8  (B,): nonzero mirrors the image left-right (a bool tensor viewed as u8)
-    cutout_ptr,   # *i32|*i64 (B, 2) contiguous: cutout square (row, col); unused if CUTOUT=0
-    stats_ptr,    # *fp32 (3, C) contiguous: mean[c], std[c], RN(1/std[c]); 0-255 scale
-    out_ptr,      # *fp32|*fp16|*bf16 (B, H, W, C) contiguous = channels_last (B, C, H, W)
-    C: tl.constexpr,           # channels
-    H: tl.constexpr,           # image height (input and output)
-    W: tl.constexpr,           # image width (input and output)
-    PAD: tl.constexpr,         # reflect padding in pixels, 0 <= PAD < min(H, W)
-    CUTOUT: tl.constexpr,      # side of the cutout square; 0 compiles cutout out
+    crop_ptr,  # *i32|*i64 (B, 2) contiguous: (row, col) window offset in the padded image
+    flip_ptr,  # *u8  (B,): nonzero mirrors the image left-right (a bool tensor viewed as u8)
+    cutout_ptr,  # *i32|*i64 (B, 2) contiguous: cutout square (row, col); unused if CUTOUT=0
+    stats_ptr,  # *fp32 (3, C) contiguous: mean[c], std[c], RN(1/std[c]); 0-255 scale
+    out_ptr,  # *fp32|*fp16|*bf16 (B, H, W, C) contiguous = channels_last (B, C, H, W)
+    C: tl.constexpr,  # channels
+    H: tl.constexpr,  # image height (input and output)
+    W: tl.constexpr,  # image width (input and output)
+    PAD: tl.constexpr,  # reflect padding in pixels, 0 <= PAD < min(H, W)
+    CUTOUT: tl.constexpr,  # side of the cutout square; 0 compiles cutout out
     BLOCK_ROWS: tl.constexpr,  # output rows per program (power of two)
-    BLOCK_WC: tl.constexpr,    # next power of two >= W*C: one output row, flattened (W, C)
+    BLOCK_WC: tl.constexpr,  # next power of two >= W*C: one output row, flattened (W, C)
     BF16_BY_BITS: tl.constexpr,  # round fp32 → bf16 by bit arithmetic (interpreter only)
 ):
     """One program writes BLOCK_ROWS output rows of one image (design: :mod:`kernels.augment`).
@@ -90,10 +90,10 @@ def _augment_fwd_kernel(
     # ---- per-column vectors over the flattened (W, C) output row ------------------------
     col = tl.arange(0, BLOCK_WC)
     col_ok = col < W * C
-    j = col // C                      # output column (after flipping)
-    c = col - j * C                   # channel
-    j_src = tl.where(flipped, W - 1 - j, j)          # the unflipped column it shows
-    w = _reflect(crop_x + j_src - PAD, W, PAD)       # source column in the unpadded image
+    j = col // C  # output column (after flipping)
+    c = col - j * C  # channel
+    j_src = tl.where(flipped, W - 1 - j, j)  # the unflipped column it shows
+    w = _reflect(crop_x + j_src - PAD, W, PAD)  # source column in the unpadded image
     col_off = c * (H * W) + w
     # tl.full, not tl.zeros: under TRITON_INTERPRET=1 calling a @jit function of
     # triton.language.standard (tl.zeros, tl.cdiv, ...) leaves triton.language.core patched
@@ -102,7 +102,7 @@ def _augment_fwd_kernel(
     mean = tl.full([BLOCK_WC], 0.0, dtype=tl.float32)
     std = tl.full([BLOCK_WC], 1.0, dtype=tl.float32)
     rcp = tl.full([BLOCK_WC], 1.0, dtype=tl.float32)
-    for k in tl.static_range(C):      # 3·C scalar loads, selected per column
+    for k in tl.static_range(C):  # 3·C scalar loads, selected per column
         mean = tl.where(c == k, tl.load(stats_ptr + k), mean)
         std = tl.where(c == k, tl.load(stats_ptr + C + k), std)
         rcp = tl.where(c == k, tl.load(stats_ptr + 2 * C + k), rcp)
@@ -110,7 +110,7 @@ def _augment_fwd_kernel(
     # ---- per-row vectors ------------------------------------------------------------------
     i = row0 + tl.arange(0, BLOCK_ROWS)  # output row
     row_ok = i < H
-    h = _reflect(crop_y + i - PAD, H, PAD)             # source row in the unpadded image
+    h = _reflect(crop_y + i - PAD, H, PAD)  # source row in the unpadded image
     row_off = h * W
 
     # ---- per element: gather, normalise, cutout, cast, one contiguous store ---------------

@@ -87,7 +87,14 @@ from kernels.ghost_bn_act.reference import (
 from kernels.ghost_bn_act.specs import AotSite, aot_specs, ghost_bn_act_bytes
 
 __all__ = [
-    "ACTIVATIONS", "AotSite", "aot_specs", "check_ghost_bn_act_inputs", "ghost_bn_act",
-    "ghost_bn_act_bwd_op", "ghost_bn_act_bytes", "ghost_bn_act_fwd_op",
-    "ghost_bn_act_reference", "ghost_bn_stats_op",
+    "ACTIVATIONS",
+    "AotSite",
+    "aot_specs",
+    "check_ghost_bn_act_inputs",
+    "ghost_bn_act",
+    "ghost_bn_act_bwd_op",
+    "ghost_bn_act_bytes",
+    "ghost_bn_act_fwd_op",
+    "ghost_bn_act_reference",
+    "ghost_bn_stats_op",
 ]

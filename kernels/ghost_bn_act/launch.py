@@ -24,7 +24,6 @@ from kernels.ghost_bn_act.triton_kernels import (
     _ghost_bn_act_fwd_stats_kernel,
 )
 
-
 #: Elements per tile of the element-wise and reduction passes (per program iteration).
 #: 4096 fp16 over 4 warps = 32 elements = four 16-byte vectors per thread per tensor.
 TILE = 4096
@@ -92,15 +91,17 @@ def _target_programs(device: torch.device | None) -> int:
     split and channel block when the tensor allows, which exercises the two-stage reduction.
     """
     if device is not None and device.type == "cuda":
-        return PROGRAMS_PER_SM * _sm_count(device.index if device.index is not None
-                                           else torch.cuda.current_device())
+        return PROGRAMS_PER_SM * _sm_count(
+            device.index if device.index is not None else torch.cuda.current_device()
+        )
     if device is None:
         return PROGRAMS_PER_SM * NOMINAL_SMS
     return 4
 
 
-def _chunking(tiles_per_split: int, splits: int, channel_blocks: int, target_programs: int,
-              block_q: int) -> tuple[int, int]:
+def _chunking(
+    tiles_per_split: int, splits: int, channel_blocks: int, target_programs: int, block_q: int
+) -> tuple[int, int]:
     """(tiles_per_prog, n_chunks) for a reduction pass over ``splits × channel_blocks``.
 
     Each program writes 2 × BLOCK_C fp32 partials for tiles_per_prog · BLOCK_Q · BLOCK_C
@@ -150,28 +151,40 @@ def _require_kernel_device(t: torch.Tensor) -> None:
     if t.device.type != "cuda" and not interpreting():
         raise RuntimeError(
             f"the Triton ghost_bn_act kernels need CUDA tensors, got {t.device}: set "
-            "TRITON_INTERPRET=1 before importing kernels to run them on the CPU interpreter")
+            "TRITON_INTERPRET=1 before importing kernels to run them on the CPU interpreter"
+        )
 
 
-def _pooled_buffers(x: torch.Tensor, save: bool,
-                    channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _pooled_buffers(
+    x: torch.Tensor, save: bool, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     if not save:
         return x.new_empty((0,)), x.new_empty((0,), dtype=torch.uint8)
     b, c, h, w = x.shape
     fmt = _memory_format(channels_last)
-    return (torch.empty((b, c, h // 2, w // 2), dtype=x.dtype, device=x.device,
-                        memory_format=fmt),
-            torch.empty((b, c, h // 2, w // 2), dtype=torch.uint8, device=x.device,
-                        memory_format=fmt))
+    return (
+        torch.empty((b, c, h // 2, w // 2), dtype=x.dtype, device=x.device, memory_format=fmt),
+        torch.empty((b, c, h // 2, w // 2), dtype=torch.uint8, device=x.device, memory_format=fmt),
+    )
 
 
-def _stats_impl(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
-                splits: int, pool: bool, save_pool: bool, eps: float, momentum: float,
-                training: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _stats_impl(
+    x: torch.Tensor,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    splits: int,
+    pool: bool,
+    save_pool: bool,
+    eps: float,
+    momentum: float,
+    training: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     _require_kernel_device(x)
     if not (running_mean.is_contiguous() and running_var.is_contiguous()):
-        raise ValueError("running_mean and running_var must be contiguous: they are updated in "
-                         "place by the kernel")
+        raise ValueError(
+            "running_mean and running_var must be contiguous: they are updated in "
+            "place by the kernel"
+        )
     x = _supported_layout(x)
     channels_last = _is_channels_last(x)
     batch, channels, height, width = x.shape
@@ -193,37 +206,76 @@ def _stats_impl(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.
         block_q, block_c = _tile_shape(channels, out_h * out_w, channels_last, tile)
         channel_blocks = _cdiv(channels, block_c)
         tiles = per_split * _cdiv(out_h * out_w, block_q)
-        tiles_per_prog, n_chunks = _chunking(tiles, splits, channel_blocks,
-                                             _target_programs(x.device), block_q)
+        tiles_per_prog, n_chunks = _chunking(
+            tiles, splits, channel_blocks, _target_programs(x.device), block_q
+        )
         if training:
-            partial_sum = torch.empty((splits, n_chunks, channels), dtype=torch.float32,
-                                      device=x.device)
+            partial_sum = torch.empty(
+                (splits, n_chunks, channels), dtype=torch.float32, device=x.device
+            )
             partial_sq = torch.empty_like(partial_sum)
         if _launch_ok(n_chunks, splits, channel_blocks, tiles):
             _ghost_bn_act_fwd_stats_kernel[(n_chunks, splits, channel_blocks)](
-                x, pooled if pool and save_pool else x,
+                x,
+                pooled if pool and save_pool else x,
                 argmax if pool and save_pool else running_mean,
-                partial_sum, partial_sq,
-                channels, height * width, width, out_h * out_w, out_w, per_split,
+                partial_sum,
+                partial_sq,
+                channels,
+                height * width,
+                width,
+                out_h * out_w,
+                out_w,
+                per_split,
                 tiles_per_prog,
-                POOL=pool, STATS=training, SAVE_POOL=pool and save_pool,
-                CHANNELS_LAST=channels_last, BLOCK_Q=block_q, BLOCK_C=block_c,
+                POOL=pool,
+                STATS=training,
+                SAVE_POOL=pool and save_pool,
+                CHANNELS_LAST=channels_last,
+                BLOCK_Q=block_q,
+                BLOCK_C=block_c,
                 ARGMAX_VEC=_argmax_vec(x.element_size(), block_q, block_c, channels_last),
-                num_warps=NUM_WARPS)
+                num_warps=NUM_WARPS,
+            )
     if _launch_ok(channels):
         _ghost_bn_act_fwd_finalize_kernel[(_cdiv(channels, FIN_BLOCK_C),)](
-            partial_sum, partial_sq, x, mean, rstd, running_mean, running_var,
-            channels, splits, n_chunks, per_split, channels * height * width,
+            partial_sum,
+            partial_sq,
+            x,
+            mean,
+            rstd,
+            running_mean,
+            running_var,
+            channels,
+            splits,
+            n_chunks,
+            per_split,
+            channels * height * width,
             1 if channels_last else height * width,
-            1.0 / max(count, 1), count / max(count - 1, 1), eps, momentum,
-            TRAINING=training, BLOCK_S=FIN_BLOCK_S, BLOCK_K=FIN_BLOCK_K, BLOCK_C=FIN_BLOCK_C,
-            num_warps=FIN_NUM_WARPS)
+            1.0 / max(count, 1),
+            count / max(count - 1, 1),
+            eps,
+            momentum,
+            TRAINING=training,
+            BLOCK_S=FIN_BLOCK_S,
+            BLOCK_K=FIN_BLOCK_K,
+            BLOCK_C=FIN_BLOCK_C,
+            num_warps=FIN_NUM_WARPS,
+        )
     return mean, rstd, pooled, argmax
 
 
-def _fwd_impl(x: torch.Tensor, pooled: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
-              bias: torch.Tensor, weight: torch.Tensor | None, pool: bool, act: str,
-              alpha: float) -> torch.Tensor:
+def _fwd_impl(
+    x: torch.Tensor,
+    pooled: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    bias: torch.Tensor,
+    weight: torch.Tensor | None,
+    pool: bool,
+    act: str,
+    alpha: float,
+) -> torch.Tensor:
     _require_kernel_device(x)
     x = _supported_layout(x)
     channels_last = _is_channels_last(x)
@@ -236,30 +288,63 @@ def _fwd_impl(x: torch.Tensor, pooled: torch.Tensor, mean: torch.Tensor, rstd: t
     splits = mean.shape[0]
     if batch % splits:
         raise ValueError(f"batch {batch} is not divisible by the {splits} splits of mean")
-    y = torch.empty((batch, channels, out_h, out_w), dtype=x.dtype, device=x.device,
-                    memory_format=_memory_format(channels_last))
-    block_q, block_c = _tile_shape(channels, out_h * out_w, channels_last,
-                                   TILE_POOL if pool_now else TILE)
+    y = torch.empty(
+        (batch, channels, out_h, out_w),
+        dtype=x.dtype,
+        device=x.device,
+        memory_format=_memory_format(channels_last),
+    )
+    block_q, block_c = _tile_shape(
+        channels, out_h * out_w, channels_last, TILE_POOL if pool_now else TILE
+    )
     grid = (batch * _cdiv(out_h * out_w, block_q), _cdiv(channels, block_c))
     if _launch_ok(*grid):
         _ghost_bn_act_fwd_kernel[grid](
-            src, y, mean, rstd, bias, bias if weight is None else weight,
-            channels, height * width, width, out_h * out_w, out_w, batch // splits,
-            alpha, 1.0 / alpha,
-            POOL=pool_now, ACT=_ACT_CODES[act], HAS_WEIGHT=weight is not None,
-            CHANNELS_LAST=channels_last, BLOCK_Q=block_q, BLOCK_C=block_c,
-            num_warps=NUM_WARPS)
+            src,
+            y,
+            mean,
+            rstd,
+            bias,
+            bias if weight is None else weight,
+            channels,
+            height * width,
+            width,
+            out_h * out_w,
+            out_w,
+            batch // splits,
+            alpha,
+            1.0 / alpha,
+            POOL=pool_now,
+            ACT=_ACT_CODES[act],
+            HAS_WEIGHT=weight is not None,
+            CHANNELS_LAST=channels_last,
+            BLOCK_Q=block_q,
+            BLOCK_C=block_c,
+            num_warps=NUM_WARPS,
+        )
     return y
 
 
-def _bwd_impl(dy: torch.Tensor, src: torch.Tensor, argmax: torch.Tensor, mean: torch.Tensor,
-              rstd: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor | None, pool: bool,
-              channels_last: bool, act: str, alpha: float,
-              training: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _bwd_impl(
+    dy: torch.Tensor,
+    src: torch.Tensor,
+    argmax: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    bias: torch.Tensor,
+    weight: torch.Tensor | None,
+    pool: bool,
+    channels_last: bool,
+    act: str,
+    alpha: float,
+    training: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _require_kernel_device(src)
     if pool and (src.dim() != 4 or argmax.shape != src.shape):
-        raise RuntimeError("ghost_bn_act backward with pool needs the pooled values and argmax "
-                           "saved by the forward (it ran with save_pool=False)")
+        raise RuntimeError(
+            "ghost_bn_act backward with pool needs the pooled values and argmax "
+            "saved by the forward (it ran with save_pool=False)"
+        )
     bias = bias.contiguous()
     weight = None if weight is None else weight.contiguous()
     fmt = _memory_format(channels_last)
@@ -278,17 +363,33 @@ def _bwd_impl(dy: torch.Tensor, src: torch.Tensor, argmax: torch.Tensor, mean: t
     block_q, block_c = _tile_shape(channels, out_h * out_w, channels_last, TILE)
     channel_blocks = _cdiv(channels, block_c)
     tiles = per_split * _cdiv(out_h * out_w, block_q)
-    tiles_per_prog, n_chunks = _chunking(tiles, splits, channel_blocks, _target_programs(device),
-                                         block_q)
+    tiles_per_prog, n_chunks = _chunking(
+        tiles, splits, channel_blocks, _target_programs(device), block_q
+    )
     partial_g = torch.zeros((splits, n_chunks, channels), dtype=torch.float32, device=device)
     partial_gx = torch.zeros_like(partial_g)
     if _launch_ok(tiles, channel_blocks):
         _ghost_bn_act_bwd_reduce_kernel[(n_chunks, splits, channel_blocks)](
-            src, dy, mean, rstd, bias, bias if weight is None else weight,
-            partial_g, partial_gx, channels, out_h * out_w, per_split, tiles_per_prog,
+            src,
+            dy,
+            mean,
+            rstd,
+            bias,
+            bias if weight is None else weight,
+            partial_g,
+            partial_gx,
+            channels,
+            out_h * out_w,
+            per_split,
+            tiles_per_prog,
             1.0 / alpha,
-            ACT=act_code, HAS_WEIGHT=has_weight, CHANNELS_LAST=channels_last,
-            BLOCK_Q=block_q, BLOCK_C=block_c, num_warps=NUM_WARPS)
+            ACT=act_code,
+            HAS_WEIGHT=has_weight,
+            CHANNELS_LAST=channels_last,
+            BLOCK_Q=block_q,
+            BLOCK_C=block_c,
+            num_warps=NUM_WARPS,
+        )
 
     mean_g = torch.empty((splits, channels), dtype=torch.float32, device=device)
     mean_gx = torch.empty_like(mean_g)
@@ -296,23 +397,56 @@ def _bwd_impl(dy: torch.Tensor, src: torch.Tensor, argmax: torch.Tensor, mean: t
     dweight = torch.empty_like(dbias)
     if _launch_ok(channels):
         _ghost_bn_act_bwd_finalize_kernel[(_cdiv(channels, FIN_BLOCK_C),)](
-            partial_g, partial_gx, mean_g, mean_gx, dbias, dweight,
-            channels, splits, n_chunks, 1.0 / max(count, 1),
-            TRAINING=training, BLOCK_S=FIN_BLOCK_S, BLOCK_K=FIN_BLOCK_K, BLOCK_C=FIN_BLOCK_C,
-            num_warps=FIN_NUM_WARPS)
+            partial_g,
+            partial_gx,
+            mean_g,
+            mean_gx,
+            dbias,
+            dweight,
+            channels,
+            splits,
+            n_chunks,
+            1.0 / max(count, 1),
+            TRAINING=training,
+            BLOCK_S=FIN_BLOCK_S,
+            BLOCK_K=FIN_BLOCK_K,
+            BLOCK_C=FIN_BLOCK_C,
+            num_warps=FIN_NUM_WARPS,
+        )
 
-    dx = torch.empty((batch, channels, height, width), dtype=src.dtype, device=device,
-                     memory_format=fmt)
-    block_q, block_c = _tile_shape(channels, out_h * out_w, channels_last,
-                                   TILE_POOL if pool else TILE)
+    dx = torch.empty(
+        (batch, channels, height, width), dtype=src.dtype, device=device, memory_format=fmt
+    )
+    block_q, block_c = _tile_shape(
+        channels, out_h * out_w, channels_last, TILE_POOL if pool else TILE
+    )
     grid = (batch * _cdiv(out_h * out_w, block_q), _cdiv(channels, block_c))
     if _launch_ok(*grid):
         _ghost_bn_act_bwd_kernel[grid](
-            src, dy, argmax if pool else mean, dx, mean, rstd, bias,
-            bias if weight is None else weight, mean_g, mean_gx,
-            channels, height * width, width, out_h * out_w, out_w, per_split, 1.0 / alpha,
-            POOL=pool, ACT=act_code, HAS_WEIGHT=has_weight, CHANNELS_LAST=channels_last,
-            BLOCK_Q=block_q, BLOCK_C=block_c,
+            src,
+            dy,
+            argmax if pool else mean,
+            dx,
+            mean,
+            rstd,
+            bias,
+            bias if weight is None else weight,
+            mean_g,
+            mean_gx,
+            channels,
+            height * width,
+            width,
+            out_h * out_w,
+            out_w,
+            per_split,
+            1.0 / alpha,
+            POOL=pool,
+            ACT=act_code,
+            HAS_WEIGHT=has_weight,
+            CHANNELS_LAST=channels_last,
+            BLOCK_Q=block_q,
+            BLOCK_C=block_c,
             ARGMAX_VEC=_argmax_vec(src.element_size(), block_q, block_c, channels_last),
-            num_warps=NUM_WARPS)
+            num_warps=NUM_WARPS,
+        )
     return dx, dbias, dweight

@@ -72,8 +72,16 @@ def ghost_bn_act(
         Tensor of ``x``'s dtype and memory format, (B, C, H/2, W/2) with ``pool`` else
         (B, C, H, W). Differentiable in ``x``, ``bias`` and ``weight``.
     """
-    kwargs = dict(weight=weight, splits=splits, pool=pool, act=act, alpha=float(alpha),
-                  eps=float(eps), momentum=float(momentum), training=bool(training))
+    kwargs = dict(
+        weight=weight,
+        splits=splits,
+        pool=pool,
+        act=act,
+        alpha=float(alpha),
+        eps=float(eps),
+        momentum=float(momentum),
+        training=bool(training),
+    )
     check_ghost_bn_act_inputs(x, bias, running_mean, running_var, **kwargs)
     backend = resolve_backend(backend, x.device)
     if backend == "eager":
@@ -91,10 +99,13 @@ def ghost_bn_act(
 _NS = LIBRARY_NAMESPACE
 
 ghost_bn_stats_op = torch.library.custom_op(
-    f"{_NS}::ghost_bn_stats", _stats_impl, mutates_args=("running_mean", "running_var"),
+    f"{_NS}::ghost_bn_stats",
+    _stats_impl,
+    mutates_args=("running_mean", "running_var"),
     schema="(Tensor x, Tensor(a!) running_mean, Tensor(b!) running_var, int splits, "
-           "bool pool, bool save_pool, float eps, float momentum, bool training) "
-           "-> (Tensor, Tensor, Tensor, Tensor)")
+    "bool pool, bool save_pool, float eps, float momentum, bool training) "
+    "-> (Tensor, Tensor, Tensor, Tensor)",
+)
 """Passes 1–2: (mean, rstd, pooled, argmax); running stats lerped in place in training.
 
 mean/rstd are (S, C) fp32 (S = splits in training, 1 in eval: then they come from the
@@ -117,9 +128,12 @@ def _fwd_op_impl(x, pooled, argmax, mean, rstd, bias, weight, pool, act, alpha, 
 
 
 ghost_bn_act_fwd_op = torch.library.custom_op(
-    f"{_NS}::ghost_bn_act_fwd", _fwd_op_impl, mutates_args=(),
+    f"{_NS}::ghost_bn_act_fwd",
+    _fwd_op_impl,
+    mutates_args=(),
     schema="(Tensor x, Tensor pooled, Tensor argmax, Tensor mean, Tensor rstd, Tensor bias, "
-           "Tensor? weight, bool pool, str act, float alpha, bool training) -> Tensor")
+    "Tensor? weight, bool pool, str act, float alpha, bool training) -> Tensor",
+)
 """Pass 3: y from x (or its pooled copy) and the stats of ``ghost_bn_stats``. Differentiable
 in x, bias and weight; ``argmax`` and ``training`` are only kept for the backward."""
 
@@ -130,33 +144,45 @@ def _fwd_fake(x, pooled, argmax, mean, rstd, bias, weight, pool, act, alpha, tra
     b, c, h, w = x.shape
     if pool:
         h, w = h // 2, w // 2
-    return torch.empty((b, c, h, w), dtype=x.dtype, device=x.device,
-                       memory_format=_memory_format(_is_channels_last(x)))
+    return torch.empty(
+        (b, c, h, w),
+        dtype=x.dtype,
+        device=x.device,
+        memory_format=_memory_format(_is_channels_last(x)),
+    )
 
 
-def _bwd_op_impl(dy, src, argmax, mean, rstd, bias, weight, pool, channels_last, act, alpha,
-                 training):
-    return _bwd_impl(dy, src, argmax, mean, rstd, bias, weight, pool, channels_last, act,
-                     alpha, training)
+def _bwd_op_impl(
+    dy, src, argmax, mean, rstd, bias, weight, pool, channels_last, act, alpha, training
+):
+    return _bwd_impl(
+        dy, src, argmax, mean, rstd, bias, weight, pool, channels_last, act, alpha, training
+    )
 
 
 ghost_bn_act_bwd_op = torch.library.custom_op(
-    f"{_NS}::ghost_bn_act_bwd", _bwd_op_impl, mutates_args=(),
+    f"{_NS}::ghost_bn_act_bwd",
+    _bwd_op_impl,
+    mutates_args=(),
     schema="(Tensor dy, Tensor src, Tensor argmax, Tensor mean, Tensor rstd, Tensor bias, "
-           "Tensor? weight, bool pool, bool channels_last, str act, float alpha, "
-           "bool training) -> (Tensor, Tensor, Tensor)")
+    "Tensor? weight, bool pool, bool channels_last, str act, float alpha, "
+    "bool training) -> (Tensor, Tensor, Tensor)",
+)
 """Backward passes 1–3: (dx, dbias, dweight). ``src`` is x, or the pooled values when
 ``pool`` (then ``argmax`` routes dx); dweight is Σ g·x̂ even when weight is None."""
 
 
 @ghost_bn_act_bwd_op.register_fake
-def _bwd_fake(dy, src, argmax, mean, rstd, bias, weight, pool, channels_last, act, alpha,
-              training):
+def _bwd_fake(dy, src, argmax, mean, rstd, bias, weight, pool, channels_last, act, alpha, training):
     b, c, h, w = src.shape
     if pool:
         h, w = 2 * h, 2 * w
-    dx = torch.empty((b, c, h, w), dtype=src.dtype, device=src.device,
-                     memory_format=_memory_format(channels_last))
+    dx = torch.empty(
+        (b, c, h, w),
+        dtype=src.dtype,
+        device=src.device,
+        memory_format=_memory_format(channels_last),
+    )
     return dx, bias.new_empty((c,)), bias.new_empty((c,))
 
 
@@ -170,10 +196,33 @@ def _fwd_setup_context(ctx, inputs, output):
 
 def _fwd_backward(ctx, dy):
     src, argmax, mean, rstd, bias, weight = ctx.saved_tensors
-    dx, dbias, dweight = ghost_bn_act_bwd_op(dy, src, argmax, mean, rstd, bias, weight, ctx.pool,
-                                             ctx.channels_last, ctx.act, ctx.alpha, ctx.training)
-    return (dx, None, None, None, None, dbias, None if weight is None else dweight,
-            None, None, None, None)
+    dx, dbias, dweight = ghost_bn_act_bwd_op(
+        dy,
+        src,
+        argmax,
+        mean,
+        rstd,
+        bias,
+        weight,
+        ctx.pool,
+        ctx.channels_last,
+        ctx.act,
+        ctx.alpha,
+        ctx.training,
+    )
+    return (
+        dx,
+        None,
+        None,
+        None,
+        None,
+        dbias,
+        None if weight is None else dweight,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 ghost_bn_act_fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
@@ -197,12 +246,32 @@ def _ghost_bn_act_triton(
     """The Triton path of :func:`ghost_bn_act` (arguments already validated)."""
     x = _supported_layout(x)
     needs_grad = torch.is_grad_enabled() and (
-        x.requires_grad or bias.requires_grad or (weight is not None and weight.requires_grad))
+        x.requires_grad or bias.requires_grad or (weight is not None and weight.requires_grad)
+    )
     # Keep the pooled copy whenever it is cheaper (training: N·e/2 < N·e) or the backward
     # will need it; only eval without grad pools on the fly in pass 3.
     save_pool = pool and (training or needs_grad)
     mean, rstd, pooled, argmax = ghost_bn_stats_op(
-        x.detach(), running_mean, running_var, splits if training else 1, pool, save_pool,
-        eps, momentum, training)
-    return ghost_bn_act_fwd_op(x, pooled, argmax, mean, rstd, bias, weight, pool,
-                               "none" if act is None else act, alpha, training)
+        x.detach(),
+        running_mean,
+        running_var,
+        splits if training else 1,
+        pool,
+        save_pool,
+        eps,
+        momentum,
+        training,
+    )
+    return ghost_bn_act_fwd_op(
+        x,
+        pooled,
+        argmax,
+        mean,
+        rstd,
+        bias,
+        weight,
+        pool,
+        "none" if act is None else act,
+        alpha,
+        training,
+    )

@@ -54,11 +54,11 @@ def ghost_bn_act_reference(
     xf = x.float()
     if training:
         groups = xf.reshape(splits, batch // splits, channels, height, width)
-        mean = groups.mean(dim=(1, 3, 4), keepdim=True)                 # (S, 1, C, 1, 1)
+        mean = groups.mean(dim=(1, 3, 4), keepdim=True)  # (S, 1, C, 1, 1)
         centred = groups - mean
         # The biased variance by its definition. (Tensor.var over these strided dims is a
         # slow path on the CPU: ~4x the time of the two means, and it dominated a CPU step.)
-        var = (centred * centred).mean(dim=(1, 3, 4), keepdim=True)    # (S, 1, C, 1, 1)
+        var = (centred * centred).mean(dim=(1, 3, 4), keepdim=True)  # (S, 1, C, 1, 1)
         x_hat = (centred * torch.rsqrt(var + eps)).reshape(batch, channels, height, width)
         with torch.no_grad():
             count = (batch // splits) * height * width
@@ -70,8 +70,11 @@ def ghost_bn_act_reference(
         x_hat = (xf - running_mean[:, None, None]) * torch.rsqrt(running_var[:, None, None] + eps)
     scale = 1.0 if weight is None else weight[:, None, None]
     y = _activation(x_hat * scale + bias[:, None, None], act, alpha)
-    memory_format = (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
-                     and not x.is_contiguous() else torch.contiguous_format)
+    memory_format = (
+        torch.channels_last
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        else torch.contiguous_format
+    )
     return y.to(x.dtype).contiguous(memory_format=memory_format)
 
 
@@ -93,8 +96,12 @@ def check_ghost_bn_act_inputs(
     """Validate the arguments of :func:`ghost_bn_act`; raise a message naming the culprit."""
     check_tensor("x", x, dtypes=X_DTYPES, ndim=4)
     channels = x.shape[1]
-    for name, t in (("bias", bias), ("running_mean", running_mean),
-                    ("running_var", running_var), ("weight", weight)):
+    for name, t in (
+        ("bias", bias),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+        ("weight", weight),
+    ):
         if t is None:
             continue
         check_tensor(name, t, dtypes=[torch.float32], shape=(channels,), device=x.device)
@@ -103,7 +110,8 @@ def check_ghost_bn_act_inputs(
     if training and x.shape[0] % splits:
         raise ValueError(
             f"batch size {x.shape[0]} is not divisible by splits={splits}: ghost batch norm "
-            "needs equal splits (use a batch that is a multiple of the split count)")
+            "needs equal splits (use a batch that is a multiple of the split count)"
+        )
     if pool and (x.shape[2] % 2 or x.shape[3] % 2):
         raise ValueError(f"pool=True needs even H and W; got {tuple(x.shape[2:])}")
     if act not in ACTIVATIONS:

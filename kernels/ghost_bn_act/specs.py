@@ -90,19 +90,25 @@ def ghost_bn_act_bytes(
     if training or save_pool:
         tile = TILE_POOL if pool else TILE
         bq, bc = _tile_shape(c, oh * ow, True, tile)
-        _, chunks = _chunking((b // s) * _cdiv(oh * ow, bq), s, _cdiv(c, bc),
-                              _target_programs(None), bq)
+        _, chunks = _chunking(
+            (b // s) * _cdiv(oh * ow, bq), s, _cdiv(c, bc), _target_programs(None), bq
+        )
         part = 2 * s * chunks * c * f32 if training else 0
         tr["fwd_stats"] = n * e + (m * e + m if save_pool else 0) + part
-        tr["fwd_finalize"] = part + (s * c * e if training else 0) + 2 * s * c * f32 + (
-            4 if training else 2) * c * f32
+        tr["fwd_finalize"] = (
+            part
+            + (s * c * e if training else 0)
+            + 2 * s * c * f32
+            + (4 if training else 2) * c * f32
+        )
     else:
         tr["fwd_finalize"] = 2 * c * f32 + 2 * c * f32
     tr["fwd"] = (m * e if save_pool or not pool else n * e) + m * e + 2 * s * c * f32 + params
     if backward:
         bq, bc = _tile_shape(c, oh * ow, True, TILE)
-        _, chunks = _chunking((b // s) * _cdiv(oh * ow, bq), s, _cdiv(c, bc),
-                              _target_programs(None), bq)
+        _, chunks = _chunking(
+            (b // s) * _cdiv(oh * ow, bq), s, _cdiv(c, bc), _target_programs(None), bq
+        )
         part = 2 * s * chunks * c * f32
         tr["bwd_reduce"] = 2 * m * e + part + 2 * s * c * f32 + params
         tr["bwd_finalize"] = part + 2 * s * c * f32 + 2 * c * f32
@@ -134,9 +140,13 @@ def ghost_bn_act_bytes(
         if pool:
             ea["max_pool2d_backward"] = m * e + m * 8 + n * e
     triton_total, eager_total = sum(tr.values()), sum(ea.values())
-    return {"triton": triton_total, "eager": eager_total,
-            "ratio": eager_total / triton_total,
-            "triton_detail": tr, "eager_detail": ea}
+    return {
+        "triton": triton_total,
+        "eager": eager_total,
+        "ratio": eager_total / triton_total,
+        "triton_detail": tr,
+        "eager_detail": ea,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,35 +204,82 @@ def site_specs(site: AotSite) -> list[AotSpec]:
     tiles = per_split * _cdiv(ohw, bq)
     tpp, n_chunks = _chunking(tiles, splits, _cdiv(channels, bc), _target_programs(None), bq)
     ints = dict(C=channels, HW=hw, W=width, OHW=ohw, OW=out_w, G=per_split, tiles_per_prog=tpp)
-    specs.append(AotSpec(
-        f"ghost_bn_fwd_stats-{tag}{'-pool' if pool else ''}", _ghost_bn_act_fwd_stats_kernel,
-        {"x_ptr": e, "pooled_ptr": e, "argmax_ptr": "*u8", "psum_ptr": "*fp32",
-         "psq_ptr": "*fp32", **{k: "i32" for k in ints}, "POOL": "constexpr",
-         "STATS": "constexpr", "SAVE_POOL": "constexpr", "CHANNELS_LAST": "constexpr",
-         "BLOCK_Q": "constexpr", "BLOCK_C": "constexpr", "ARGMAX_VEC": "constexpr"},
-        dict(POOL=pool, STATS=True, SAVE_POOL=pool, CHANNELS_LAST=True, BLOCK_Q=bq, BLOCK_C=bc,
-             ARGMAX_VEC=_argmax_vec(esize, bq, bc, True)),
-        num_warps=NUM_WARPS,
-        divisible_by_16=("x_ptr", "pooled_ptr", "argmax_ptr", "psum_ptr", "psq_ptr")
-        + _div16(ints)))
+    specs.append(
+        AotSpec(
+            f"ghost_bn_fwd_stats-{tag}{'-pool' if pool else ''}",
+            _ghost_bn_act_fwd_stats_kernel,
+            {
+                "x_ptr": e,
+                "pooled_ptr": e,
+                "argmax_ptr": "*u8",
+                "psum_ptr": "*fp32",
+                "psq_ptr": "*fp32",
+                **{k: "i32" for k in ints},
+                "POOL": "constexpr",
+                "STATS": "constexpr",
+                "SAVE_POOL": "constexpr",
+                "CHANNELS_LAST": "constexpr",
+                "BLOCK_Q": "constexpr",
+                "BLOCK_C": "constexpr",
+                "ARGMAX_VEC": "constexpr",
+            },
+            dict(
+                POOL=pool,
+                STATS=True,
+                SAVE_POOL=pool,
+                CHANNELS_LAST=True,
+                BLOCK_Q=bq,
+                BLOCK_C=bc,
+                ARGMAX_VEC=_argmax_vec(esize, bq, bc, True),
+            ),
+            num_warps=NUM_WARPS,
+            divisible_by_16=("x_ptr", "pooled_ptr", "argmax_ptr", "psum_ptr", "psq_ptr")
+            + _div16(ints),
+        )
+    )
     # pass 2, training and eval
-    fin_ints = dict(C=channels, S=splits, n_chunks=n_chunks, G=per_split,
-                    CHW=channels * hw, chan_stride=1)
+    fin_ints = dict(
+        C=channels, S=splits, n_chunks=n_chunks, G=per_split, CHW=channels * hw, chan_stride=1
+    )
     for training in (True, False):
-        specs.append(AotSpec(
-            f"ghost_bn_fwd_finalize-{tag}-{'train' if training else 'eval'}",
-            _ghost_bn_act_fwd_finalize_kernel,
-            {"psum_ptr": "*fp32", "psq_ptr": "*fp32", "x_ptr": e, "mean_ptr": "*fp32",
-             "rstd_ptr": "*fp32", "running_mean_ptr": "*fp32", "running_var_ptr": "*fp32",
-             **{k: "i32" for k in fin_ints}, "inv_count": "fp32", "unbias": "fp32",
-             "eps": "fp32", "momentum": "fp32", "TRAINING": "constexpr", "BLOCK_S": "constexpr",
-             "BLOCK_K": "constexpr", "BLOCK_C": "constexpr"},
-            dict(TRAINING=training, BLOCK_S=FIN_BLOCK_S, BLOCK_K=FIN_BLOCK_K,
-                 BLOCK_C=FIN_BLOCK_C),
-            num_warps=FIN_NUM_WARPS,
-            divisible_by_16=("psum_ptr", "psq_ptr", "x_ptr", "mean_ptr", "rstd_ptr",
-                             "running_mean_ptr", "running_var_ptr")
-            + _div16({k: v for k, v in fin_ints.items() if k != "chan_stride"})))
+        specs.append(
+            AotSpec(
+                f"ghost_bn_fwd_finalize-{tag}-{'train' if training else 'eval'}",
+                _ghost_bn_act_fwd_finalize_kernel,
+                {
+                    "psum_ptr": "*fp32",
+                    "psq_ptr": "*fp32",
+                    "x_ptr": e,
+                    "mean_ptr": "*fp32",
+                    "rstd_ptr": "*fp32",
+                    "running_mean_ptr": "*fp32",
+                    "running_var_ptr": "*fp32",
+                    **{k: "i32" for k in fin_ints},
+                    "inv_count": "fp32",
+                    "unbias": "fp32",
+                    "eps": "fp32",
+                    "momentum": "fp32",
+                    "TRAINING": "constexpr",
+                    "BLOCK_S": "constexpr",
+                    "BLOCK_K": "constexpr",
+                    "BLOCK_C": "constexpr",
+                },
+                dict(
+                    TRAINING=training, BLOCK_S=FIN_BLOCK_S, BLOCK_K=FIN_BLOCK_K, BLOCK_C=FIN_BLOCK_C
+                ),
+                num_warps=FIN_NUM_WARPS,
+                divisible_by_16=(
+                    "psum_ptr",
+                    "psq_ptr",
+                    "x_ptr",
+                    "mean_ptr",
+                    "rstd_ptr",
+                    "running_mean_ptr",
+                    "running_var_ptr",
+                )
+                + _div16({k: v for k, v in fin_ints.items() if k != "chan_stride"}),
+            )
+        )
     # pass 3: training (normalises the pooled copy / x) and eval without grad (pools x)
     recipe = f"{act}-{'w' if has_weight else 'frozen'}"
     for pool_now, g in ((False, per_split), (True, batch)):
@@ -230,62 +287,178 @@ def site_specs(site: AotSite) -> list[AotSpec]:
             continue
         bq, bc = _tile_shape(channels, ohw, True, TILE_POOL if pool_now else TILE)
         ints = dict(C=channels, HW=hw, W=width, OHW=ohw, OW=out_w, G=g)
-        specs.append(AotSpec(
-            f"ghost_bn_fwd-{tag}-{recipe}{'-pool' if pool_now else ''}", _ghost_bn_act_fwd_kernel,
-            {"src_ptr": e, "y_ptr": e, "mean_ptr": "*fp32", "rstd_ptr": "*fp32",
-             "bias_ptr": "*fp32", "weight_ptr": "*fp32", **{k: "i32" for k in ints},
-             "alpha": "fp32", "inv_alpha": "fp32", "POOL": "constexpr", "ACT": "constexpr",
-             "HAS_WEIGHT": "constexpr", "CHANNELS_LAST": "constexpr", "BLOCK_Q": "constexpr",
-             "BLOCK_C": "constexpr"},
-            dict(POOL=pool_now, ACT=_ACT_CODES[act], HAS_WEIGHT=has_weight, CHANNELS_LAST=True,
-                 BLOCK_Q=bq, BLOCK_C=bc),
-            num_warps=NUM_WARPS,
-            divisible_by_16=("src_ptr", "y_ptr", "mean_ptr", "rstd_ptr", "bias_ptr",
-                             "weight_ptr") + _div16(ints)))
+        specs.append(
+            AotSpec(
+                f"ghost_bn_fwd-{tag}-{recipe}{'-pool' if pool_now else ''}",
+                _ghost_bn_act_fwd_kernel,
+                {
+                    "src_ptr": e,
+                    "y_ptr": e,
+                    "mean_ptr": "*fp32",
+                    "rstd_ptr": "*fp32",
+                    "bias_ptr": "*fp32",
+                    "weight_ptr": "*fp32",
+                    **{k: "i32" for k in ints},
+                    "alpha": "fp32",
+                    "inv_alpha": "fp32",
+                    "POOL": "constexpr",
+                    "ACT": "constexpr",
+                    "HAS_WEIGHT": "constexpr",
+                    "CHANNELS_LAST": "constexpr",
+                    "BLOCK_Q": "constexpr",
+                    "BLOCK_C": "constexpr",
+                },
+                dict(
+                    POOL=pool_now,
+                    ACT=_ACT_CODES[act],
+                    HAS_WEIGHT=has_weight,
+                    CHANNELS_LAST=True,
+                    BLOCK_Q=bq,
+                    BLOCK_C=bc,
+                ),
+                num_warps=NUM_WARPS,
+                divisible_by_16=(
+                    "src_ptr",
+                    "y_ptr",
+                    "mean_ptr",
+                    "rstd_ptr",
+                    "bias_ptr",
+                    "weight_ptr",
+                )
+                + _div16(ints),
+            )
+        )
     # backward
     bq, bc = _tile_shape(channels, ohw, True, TILE)
     tiles = per_split * _cdiv(ohw, bq)
     tpp, n_chunks = _chunking(tiles, splits, _cdiv(channels, bc), _target_programs(None), bq)
     ints = dict(C=channels, OHW=ohw, G=per_split, tiles_per_prog=tpp)
-    specs.append(AotSpec(
-        f"ghost_bn_bwd_reduce-{tag}-{recipe}", _ghost_bn_act_bwd_reduce_kernel,
-        {"src_ptr": e, "dy_ptr": e, "mean_ptr": "*fp32", "rstd_ptr": "*fp32",
-         "bias_ptr": "*fp32", "weight_ptr": "*fp32", "pg_ptr": "*fp32", "pgx_ptr": "*fp32",
-         **{k: "i32" for k in ints}, "inv_alpha": "fp32", "ACT": "constexpr",
-         "HAS_WEIGHT": "constexpr", "CHANNELS_LAST": "constexpr", "BLOCK_Q": "constexpr",
-         "BLOCK_C": "constexpr"},
-        dict(ACT=_ACT_CODES[act], HAS_WEIGHT=has_weight, CHANNELS_LAST=True, BLOCK_Q=bq,
-             BLOCK_C=bc),
-        num_warps=NUM_WARPS,
-        divisible_by_16=("src_ptr", "dy_ptr", "mean_ptr", "rstd_ptr", "bias_ptr",
-                         "weight_ptr", "pg_ptr", "pgx_ptr") + _div16(ints)))
+    specs.append(
+        AotSpec(
+            f"ghost_bn_bwd_reduce-{tag}-{recipe}",
+            _ghost_bn_act_bwd_reduce_kernel,
+            {
+                "src_ptr": e,
+                "dy_ptr": e,
+                "mean_ptr": "*fp32",
+                "rstd_ptr": "*fp32",
+                "bias_ptr": "*fp32",
+                "weight_ptr": "*fp32",
+                "pg_ptr": "*fp32",
+                "pgx_ptr": "*fp32",
+                **{k: "i32" for k in ints},
+                "inv_alpha": "fp32",
+                "ACT": "constexpr",
+                "HAS_WEIGHT": "constexpr",
+                "CHANNELS_LAST": "constexpr",
+                "BLOCK_Q": "constexpr",
+                "BLOCK_C": "constexpr",
+            },
+            dict(
+                ACT=_ACT_CODES[act],
+                HAS_WEIGHT=has_weight,
+                CHANNELS_LAST=True,
+                BLOCK_Q=bq,
+                BLOCK_C=bc,
+            ),
+            num_warps=NUM_WARPS,
+            divisible_by_16=(
+                "src_ptr",
+                "dy_ptr",
+                "mean_ptr",
+                "rstd_ptr",
+                "bias_ptr",
+                "weight_ptr",
+                "pg_ptr",
+                "pgx_ptr",
+            )
+            + _div16(ints),
+        )
+    )
     fin_ints = dict(C=channels, S=splits, n_chunks=n_chunks)
-    specs.append(AotSpec(
-        f"ghost_bn_bwd_finalize-{tag}", _ghost_bn_act_bwd_finalize_kernel,
-        {"pg_ptr": "*fp32", "pgx_ptr": "*fp32", "mean_g_ptr": "*fp32", "mean_gx_ptr": "*fp32",
-         "dbias_ptr": "*fp32", "dweight_ptr": "*fp32", **{k: "i32" for k in fin_ints},
-         "inv_count": "fp32", "TRAINING": "constexpr", "BLOCK_S": "constexpr",
-         "BLOCK_K": "constexpr", "BLOCK_C": "constexpr"},
-        dict(TRAINING=True, BLOCK_S=FIN_BLOCK_S, BLOCK_K=FIN_BLOCK_K, BLOCK_C=FIN_BLOCK_C),
-        num_warps=FIN_NUM_WARPS,
-        divisible_by_16=("pg_ptr", "pgx_ptr", "mean_g_ptr", "mean_gx_ptr", "dbias_ptr",
-                         "dweight_ptr") + _div16(fin_ints)))
+    specs.append(
+        AotSpec(
+            f"ghost_bn_bwd_finalize-{tag}",
+            _ghost_bn_act_bwd_finalize_kernel,
+            {
+                "pg_ptr": "*fp32",
+                "pgx_ptr": "*fp32",
+                "mean_g_ptr": "*fp32",
+                "mean_gx_ptr": "*fp32",
+                "dbias_ptr": "*fp32",
+                "dweight_ptr": "*fp32",
+                **{k: "i32" for k in fin_ints},
+                "inv_count": "fp32",
+                "TRAINING": "constexpr",
+                "BLOCK_S": "constexpr",
+                "BLOCK_K": "constexpr",
+                "BLOCK_C": "constexpr",
+            },
+            dict(TRAINING=True, BLOCK_S=FIN_BLOCK_S, BLOCK_K=FIN_BLOCK_K, BLOCK_C=FIN_BLOCK_C),
+            num_warps=FIN_NUM_WARPS,
+            divisible_by_16=(
+                "pg_ptr",
+                "pgx_ptr",
+                "mean_g_ptr",
+                "mean_gx_ptr",
+                "dbias_ptr",
+                "dweight_ptr",
+            )
+            + _div16(fin_ints),
+        )
+    )
     bq, bc = _tile_shape(channels, ohw, True, TILE_POOL if pool else TILE)
     ints = dict(C=channels, HW=hw, W=width, OHW=ohw, OW=out_w, G=per_split)
-    specs.append(AotSpec(
-        f"ghost_bn_bwd-{tag}-{recipe}{'-pool' if pool else ''}", _ghost_bn_act_bwd_kernel,
-        {"src_ptr": e, "dy_ptr": e, "argmax_ptr": "*u8", "dx_ptr": e, "mean_ptr": "*fp32",
-         "rstd_ptr": "*fp32", "bias_ptr": "*fp32", "weight_ptr": "*fp32",
-         "mean_g_ptr": "*fp32", "mean_gx_ptr": "*fp32", **{k: "i32" for k in ints},
-         "inv_alpha": "fp32", "POOL": "constexpr", "ACT": "constexpr",
-         "HAS_WEIGHT": "constexpr", "CHANNELS_LAST": "constexpr", "BLOCK_Q": "constexpr",
-         "BLOCK_C": "constexpr", "ARGMAX_VEC": "constexpr"},
-        dict(POOL=pool, ACT=_ACT_CODES[act], HAS_WEIGHT=has_weight, CHANNELS_LAST=True,
-             BLOCK_Q=bq, BLOCK_C=bc, ARGMAX_VEC=_argmax_vec(esize, bq, bc, True)),
-        num_warps=NUM_WARPS,
-        divisible_by_16=("src_ptr", "dy_ptr", "argmax_ptr", "dx_ptr", "mean_ptr",
-                         "rstd_ptr", "bias_ptr", "weight_ptr", "mean_g_ptr",
-                         "mean_gx_ptr") + _div16(ints)))
+    specs.append(
+        AotSpec(
+            f"ghost_bn_bwd-{tag}-{recipe}{'-pool' if pool else ''}",
+            _ghost_bn_act_bwd_kernel,
+            {
+                "src_ptr": e,
+                "dy_ptr": e,
+                "argmax_ptr": "*u8",
+                "dx_ptr": e,
+                "mean_ptr": "*fp32",
+                "rstd_ptr": "*fp32",
+                "bias_ptr": "*fp32",
+                "weight_ptr": "*fp32",
+                "mean_g_ptr": "*fp32",
+                "mean_gx_ptr": "*fp32",
+                **{k: "i32" for k in ints},
+                "inv_alpha": "fp32",
+                "POOL": "constexpr",
+                "ACT": "constexpr",
+                "HAS_WEIGHT": "constexpr",
+                "CHANNELS_LAST": "constexpr",
+                "BLOCK_Q": "constexpr",
+                "BLOCK_C": "constexpr",
+                "ARGMAX_VEC": "constexpr",
+            },
+            dict(
+                POOL=pool,
+                ACT=_ACT_CODES[act],
+                HAS_WEIGHT=has_weight,
+                CHANNELS_LAST=True,
+                BLOCK_Q=bq,
+                BLOCK_C=bc,
+                ARGMAX_VEC=_argmax_vec(esize, bq, bc, True),
+            ),
+            num_warps=NUM_WARPS,
+            divisible_by_16=(
+                "src_ptr",
+                "dy_ptr",
+                "argmax_ptr",
+                "dx_ptr",
+                "mean_ptr",
+                "rstd_ptr",
+                "bias_ptr",
+                "weight_ptr",
+                "mean_g_ptr",
+                "mean_gx_ptr",
+            )
+            + _div16(ints),
+        )
+    )
     return specs
 
 
@@ -299,7 +472,11 @@ def aot_specs(sites: Iterable[AotSite]) -> list[AotSpec]:
     specs: dict[tuple, AotSpec] = {}
     for site in sites:
         for spec in site_specs(site):
-            key = (spec.kernel, tuple(sorted(spec.signature.items())),
-                   tuple(sorted(spec.constexprs.items())), tuple(sorted(spec.divisible_by_16)))
+            key = (
+                spec.kernel,
+                tuple(sorted(spec.signature.items())),
+                tuple(sorted(spec.constexprs.items())),
+                tuple(sorted(spec.divisible_by_16)),
+            )
             specs.setdefault(key, spec)
     return list(specs.values())

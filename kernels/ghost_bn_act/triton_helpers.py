@@ -149,10 +149,20 @@ def _activation_bwd(dy, z, inv_alpha, ACT: tl.constexpr):
     return g
 
 
-
 @triton.jit
-def _sum_partials(pa_ptr, pb_ptr, s3, k_lane, c3, S, n_chunks, C, BLOCK_S: tl.constexpr,
-                  BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr):
+def _sum_partials(
+    pa_ptr,
+    pb_ptr,
+    s3,
+    k_lane,
+    c3,
+    S,
+    n_chunks,
+    C,
+    BLOCK_S: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """Second stage of the deterministic two-stage reductions: add up two (S, n_chunks, C)
     fp32 partial arrays over their chunks for the splits ``s3`` (BLOCK_S, 1, 1) and channels
     ``c3`` (1, 1, BLOCK_C); returns two (BLOCK_S, BLOCK_C) fp32 totals, always in the same
@@ -166,4 +176,3 @@ def _sum_partials(pa_ptr, pb_ptr, s3, k_lane, c3, S, n_chunks, C, BLOCK_S: tl.co
         total_a += tl.sum(tl.load(pa_ptr + off, mask=ok3, other=0.0), axis=1)
         total_b += tl.sum(tl.load(pb_ptr + off, mask=ok3, other=0.0), axis=1)
     return total_a, total_b
-

@@ -28,7 +28,6 @@ from kernels.ghost_bn_act.triton_helpers import (
     _zero_tile,
 )
 
-
 # --------------------------------------------------------------------------------------------
 # Forward kernels
 # --------------------------------------------------------------------------------------------
@@ -36,25 +35,25 @@ from kernels.ghost_bn_act.triton_helpers import (
 
 @triton.jit
 def _ghost_bn_act_fwd_stats_kernel(
-    x_ptr,          # *x.dtype  x (B, C, H, W), channels_last or contiguous (CHANNELS_LAST)
-    pooled_ptr,     # *x.dtype  out (B, C, H/2, W/2) in x's layout, when SAVE_POOL
-    argmax_ptr,     # *u8       out (B, C, H/2, W/2): window index 0..3 (row-major), SAVE_POOL
-    psum_ptr,       # *fp32     out (S, n_chunks, C): Σ(v − K) per program, when STATS
-    psq_ptr,        # *fp32     out (S, n_chunks, C): Σ(v − K)², when STATS
-    C,              # i32 channels
-    HW,             # i32 H·W, pixels of one input image
-    W,              # i32 input width
-    OHW,            # i32 pixels of one normalised image (H/2·W/2 with POOL, else HW)
-    OW,             # i32 normalised width
-    G,              # i32 images per ghost split
+    x_ptr,  # *x.dtype  x (B, C, H, W), channels_last or contiguous (CHANNELS_LAST)
+    pooled_ptr,  # *x.dtype  out (B, C, H/2, W/2) in x's layout, when SAVE_POOL
+    argmax_ptr,  # *u8       out (B, C, H/2, W/2): window index 0..3 (row-major), SAVE_POOL
+    psum_ptr,  # *fp32     out (S, n_chunks, C): Σ(v − K) per program, when STATS
+    psq_ptr,  # *fp32     out (S, n_chunks, C): Σ(v − K)², when STATS
+    C,  # i32 channels
+    HW,  # i32 H·W, pixels of one input image
+    W,  # i32 input width
+    OHW,  # i32 pixels of one normalised image (H/2·W/2 with POOL, else HW)
+    OW,  # i32 normalised width
+    G,  # i32 images per ghost split
     tiles_per_prog,  # i32 tiles of BLOCK_Q pixels × BLOCK_C channels each program reduces
-    POOL: tl.constexpr,           # 2×2 max-pool x first
-    STATS: tl.constexpr,          # accumulate the shifted sums (training)
-    SAVE_POOL: tl.constexpr,      # write pooled values and argmax for pass 3 and backward
+    POOL: tl.constexpr,  # 2×2 max-pool x first
+    STATS: tl.constexpr,  # accumulate the shifted sums (training)
+    SAVE_POOL: tl.constexpr,  # write pooled values and argmax for pass 3 and backward
     CHANNELS_LAST: tl.constexpr,  # x's layout
-    BLOCK_Q: tl.constexpr,        # pixels per tile (power of 2)
-    BLOCK_C: tl.constexpr,        # channels per tile (power of 2)
-    ARGMAX_VEC: tl.constexpr,     # x elements per 16 bytes (capped by the tile's fast dim)
+    BLOCK_Q: tl.constexpr,  # pixels per tile (power of 2)
+    BLOCK_C: tl.constexpr,  # channels per tile (power of 2)
+    ARGMAX_VEC: tl.constexpr,  # x elements per 16 bytes (capped by the tile's fast dim)
 ):
     """Pass 1. Grid (n_chunks, S, cdiv(C, BLOCK_C)): program (k, s, cb) walks tiles
     [k·tiles_per_prog, (k+1)·tiles_per_prog) of split s — tile t is image s·G + t // n_qb,
@@ -71,8 +70,13 @@ def _ghost_bn_act_fwd_stats_kernel(
     first_image = split * G
     if STATS:
         # Shift K per (split, channel): x[first image, c, 0, 0]; pass 2 reloads the same value.
-        shift = tl.load(x_ptr + first_image.to(tl.int64) * C * HW
-                        + _offset_in_image(0, c, C, HW, CHANNELS_LAST), mask=c_ok, other=0.0)
+        shift = tl.load(
+            x_ptr
+            + first_image.to(tl.int64) * C * HW
+            + _offset_in_image(0, c, C, HW, CHANNELS_LAST),
+            mask=c_ok,
+            other=0.0,
+        )
         shift = _per_channel(shift.to(tl.float32), CHANNELS_LAST)
         acc_sum = _zero_tile(BLOCK_Q, BLOCK_C, CHANNELS_LAST)
         acc_sq = _zero_tile(BLOCK_Q, BLOCK_C, CHANNELS_LAST)
@@ -96,11 +100,17 @@ def _ghost_bn_act_fwd_stats_kernel(
                 tl.store(pooled_ptr + dst, v.to(pooled_ptr.dtype.element_ty), mask=mask)
                 # Cap the byte store's vector at x's 16-byte vector so the whole tile keeps
                 # one register layout (else a shared-memory layout conversion every tile).
-                tl.store(argmax_ptr + tl.max_contiguous(dst, [1, ARGMAX_VEC]), idx.to(tl.uint8),
-                         mask=mask)
+                tl.store(
+                    argmax_ptr + tl.max_contiguous(dst, [1, ARGMAX_VEC]),
+                    idx.to(tl.uint8),
+                    mask=mask,
+                )
         else:
-            v = tl.load(x_ptr + image * C * HW + _offset_in_image(q2, c2, C, HW, CHANNELS_LAST),
-                        mask=mask, other=0.0)
+            v = tl.load(
+                x_ptr + image * C * HW + _offset_in_image(q2, c2, C, HW, CHANNELS_LAST),
+                mask=mask,
+                other=0.0,
+            )
         if STATS:
             d = tl.where(mask, v.to(tl.float32) - shift, 0.0)
             acc_sum += d
@@ -113,27 +123,27 @@ def _ghost_bn_act_fwd_stats_kernel(
 
 @triton.jit
 def _ghost_bn_act_fwd_finalize_kernel(
-    psum_ptr,         # *fp32     (S, n_chunks, C) partial Σ(v − K) from pass 1
-    psq_ptr,          # *fp32     (S, n_chunks, C) partial Σ(v − K)²
-    x_ptr,            # *x.dtype  x, only to reload the shifts K = x[s·G, c, 0, 0]
-    mean_ptr,         # *fp32     out (S, C) batch mean per split (running mean in eval)
-    rstd_ptr,         # *fp32     out (S, C) 1/sqrt(var + eps)
+    psum_ptr,  # *fp32     (S, n_chunks, C) partial Σ(v − K) from pass 1
+    psq_ptr,  # *fp32     (S, n_chunks, C) partial Σ(v − K)²
+    x_ptr,  # *x.dtype  x, only to reload the shifts K = x[s·G, c, 0, 0]
+    mean_ptr,  # *fp32     out (S, C) batch mean per split (running mean in eval)
+    rstd_ptr,  # *fp32     out (S, C) 1/sqrt(var + eps)
     running_mean_ptr,  # *fp32    (C,) updated in place when TRAINING
     running_var_ptr,  # *fp32     (C,) updated in place when TRAINING (unbiased variance)
-    C,                # i32 channels
-    S,                # i32 splits
-    n_chunks,         # i32 partials per split
-    G,                # i32 images per split
-    CHW,              # i32 elements per image of x (C·H·W)
-    chan_stride,      # i32 element stride of x's channel dim (1 channels_last, H·W NCHW)
-    inv_count,        # fp32 1 / elements per (split, channel)
-    unbias,           # fp32 count / (count − 1): biased → unbiased variance
-    eps,              # fp32
-    momentum,         # fp32 running = running + momentum·(batch − running)
+    C,  # i32 channels
+    S,  # i32 splits
+    n_chunks,  # i32 partials per split
+    G,  # i32 images per split
+    CHW,  # i32 elements per image of x (C·H·W)
+    chan_stride,  # i32 element stride of x's channel dim (1 channels_last, H·W NCHW)
+    inv_count,  # fp32 1 / elements per (split, channel)
+    unbias,  # fp32 count / (count − 1): biased → unbiased variance
+    eps,  # fp32
+    momentum,  # fp32 running = running + momentum·(batch − running)
     TRAINING: tl.constexpr,  # batch stats (else mean/rstd from the running stats)
-    BLOCK_S: tl.constexpr,   # splits per step
-    BLOCK_K: tl.constexpr,   # chunks per step
-    BLOCK_C: tl.constexpr,   # channels per program
+    BLOCK_S: tl.constexpr,  # splits per step
+    BLOCK_K: tl.constexpr,  # chunks per step
+    BLOCK_C: tl.constexpr,  # channels per program
 ):
     """Pass 2. Grid (cdiv(C, BLOCK_C),): each program owns BLOCK_C channels for every split,
     so it can also average over splits for the running stats without another launch."""
@@ -149,14 +159,16 @@ def _ghost_bn_act_fwd_finalize_kernel(
         for s0 in range(0, S, BLOCK_S):
             s = s0 + tl.arange(0, BLOCK_S)
             s3 = s[:, None, None]
-            total, total_sq = _sum_partials(psum_ptr, psq_ptr, s3, k_lane, c3, S, n_chunks, C,
-                                            BLOCK_S, BLOCK_K, BLOCK_C)
+            total, total_sq = _sum_partials(
+                psum_ptr, psq_ptr, s3, k_lane, c3, S, n_chunks, C, BLOCK_S, BLOCK_K, BLOCK_C
+            )
             s2 = s[:, None]
             c2 = c[None, :]
             ok2 = (s2 < S) & (c2 < C)
-            shift = tl.load(x_ptr + (s2 * G).to(tl.int64) * CHW + c2 * chan_stride,
-                            mask=ok2, other=0.0).to(tl.float32)
-            d = total * inv_count                      # E[v − K]
+            shift = tl.load(
+                x_ptr + (s2 * G).to(tl.int64) * CHW + c2 * chan_stride, mask=ok2, other=0.0
+            ).to(tl.float32)
+            d = total * inv_count  # E[v − K]
             mean = shift + d
             var = tl.maximum(total_sq * inv_count - d * d, 0.0)  # biased, as BN normalises
             tl.store(mean_ptr + s2 * C + c2, mean, mask=ok2)
@@ -165,10 +177,10 @@ def _ghost_bn_act_fwd_finalize_kernel(
             var_total += tl.sum(tl.where(ok2, var, 0.0), axis=0)
         new_mean = mean_total / S
         new_var = var_total / S * unbias
-        tl.store(running_mean_ptr + c, running_mean + momentum * (new_mean - running_mean),
-                 mask=c_ok)
-        tl.store(running_var_ptr + c, running_var + momentum * (new_var - running_var),
-                 mask=c_ok)
+        tl.store(
+            running_mean_ptr + c, running_mean + momentum * (new_mean - running_mean), mask=c_ok
+        )
+        tl.store(running_var_ptr + c, running_var + momentum * (new_var - running_var), mask=c_ok)
     else:
         tl.store(mean_ptr + c, running_mean, mask=c_ok)
         tl.store(rstd_ptr + c, tl.rsqrt(running_var + eps), mask=c_ok)
@@ -176,24 +188,24 @@ def _ghost_bn_act_fwd_finalize_kernel(
 
 @triton.jit
 def _ghost_bn_act_fwd_kernel(
-    src_ptr,     # *x.dtype  x (B, C, H, W) when POOL, else the values to normalise
-                 #           (B, C, OH, OW): x itself or the pooled copy from pass 1
-    y_ptr,       # *x.dtype  out (B, C, OH, OW), same layout as src
-    mean_ptr,    # *fp32     (S, C)
-    rstd_ptr,    # *fp32     (S, C)
-    bias_ptr,    # *fp32     (C,)
+    src_ptr,  # *x.dtype  x (B, C, H, W) when POOL, else the values to normalise
+    #           (B, C, OH, OW): x itself or the pooled copy from pass 1
+    y_ptr,  # *x.dtype  out (B, C, OH, OW), same layout as src
+    mean_ptr,  # *fp32     (S, C)
+    rstd_ptr,  # *fp32     (S, C)
+    bias_ptr,  # *fp32     (C,)
     weight_ptr,  # *fp32     (C,) read only when HAS_WEIGHT (else any valid pointer)
-    C,           # i32 channels
-    HW,          # i32 pixels of one src image when POOL (unused otherwise)
-    W,           # i32 src width when POOL (unused otherwise)
-    OHW,         # i32 pixels of one output image
-    OW,          # i32 output width
-    G,           # i32 images per split (B in eval)
-    alpha,       # fp32 CELU alpha
-    inv_alpha,   # fp32 1 / alpha
-    POOL: tl.constexpr,           # pool on the fly (eval without grad: nothing saved)
-    ACT: tl.constexpr,            # 0 none, 1 relu, 2 celu
-    HAS_WEIGHT: tl.constexpr,     # learnable scale (else frozen at 1)
+    C,  # i32 channels
+    HW,  # i32 pixels of one src image when POOL (unused otherwise)
+    W,  # i32 src width when POOL (unused otherwise)
+    OHW,  # i32 pixels of one output image
+    OW,  # i32 output width
+    G,  # i32 images per split (B in eval)
+    alpha,  # fp32 CELU alpha
+    inv_alpha,  # fp32 1 / alpha
+    POOL: tl.constexpr,  # pool on the fly (eval without grad: nothing saved)
+    ACT: tl.constexpr,  # 0 none, 1 relu, 2 celu
+    HAS_WEIGHT: tl.constexpr,  # learnable scale (else frozen at 1)
     CHANNELS_LAST: tl.constexpr,
     BLOCK_Q: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -219,13 +231,18 @@ def _ghost_bn_act_fwd_kernel(
         p2, c2 = _grid_2d(_window_corner(q, OW, W), c, CHANNELS_LAST)
         src = src_ptr + image * C * HW + _offset_in_image(p2, c2, C, HW, CHANNELS_LAST)
         step = _pixel_step(C, CHANNELS_LAST)
-        v, _ = _max_pool_2x2(tl.load(src, mask=mask, other=0.0),
-                             tl.load(src + step, mask=mask, other=0.0),
-                             tl.load(src + W * step, mask=mask, other=0.0),
-                             tl.load(src + (W + 1) * step, mask=mask, other=0.0))
+        v, _ = _max_pool_2x2(
+            tl.load(src, mask=mask, other=0.0),
+            tl.load(src + step, mask=mask, other=0.0),
+            tl.load(src + W * step, mask=mask, other=0.0),
+            tl.load(src + (W + 1) * step, mask=mask, other=0.0),
+        )
     else:
-        v = tl.load(src_ptr + image * C * OHW + _offset_in_image(q2, c2, C, OHW, CHANNELS_LAST),
-                    mask=mask, other=0.0)
+        v = tl.load(
+            src_ptr + image * C * OHW + _offset_in_image(q2, c2, C, OHW, CHANNELS_LAST),
+            mask=mask,
+            other=0.0,
+        )
     _, z = _normalise(v, mean, rstd, bias, weight, HAS_WEIGHT)
     y = _activation_fwd(z, alpha, inv_alpha, ACT)
     dst = y_ptr + image * C * OHW + _offset_in_image(q2, c2, C, OHW, CHANNELS_LAST)
@@ -239,19 +256,19 @@ def _ghost_bn_act_fwd_kernel(
 
 @triton.jit
 def _ghost_bn_act_bwd_reduce_kernel(
-    src_ptr,     # *x.dtype  (B, C, OH, OW) the normalised values: x, or pooled when pooling
-    dy_ptr,      # *x.dtype  (B, C, OH, OW) grad of y, same layout
-    mean_ptr,    # *fp32     (S, C)
-    rstd_ptr,    # *fp32     (S, C)
-    bias_ptr,    # *fp32     (C,)
+    src_ptr,  # *x.dtype  (B, C, OH, OW) the normalised values: x, or pooled when pooling
+    dy_ptr,  # *x.dtype  (B, C, OH, OW) grad of y, same layout
+    mean_ptr,  # *fp32     (S, C)
+    rstd_ptr,  # *fp32     (S, C)
+    bias_ptr,  # *fp32     (C,)
     weight_ptr,  # *fp32     (C,) when HAS_WEIGHT
-    pg_ptr,      # *fp32     out (S, n_chunks, C) partial Σ g,  g = dL/dz
-    pgx_ptr,     # *fp32     out (S, n_chunks, C) partial Σ g·x̂
-    C,           # i32 channels
-    OHW,         # i32 pixels per image
-    G,           # i32 images per split
+    pg_ptr,  # *fp32     out (S, n_chunks, C) partial Σ g,  g = dL/dz
+    pgx_ptr,  # *fp32     out (S, n_chunks, C) partial Σ g·x̂
+    C,  # i32 channels
+    OHW,  # i32 pixels per image
+    G,  # i32 images per split
     tiles_per_prog,  # i32
-    inv_alpha,   # fp32 1 / CELU alpha
+    inv_alpha,  # fp32 1 / CELU alpha
     ACT: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
@@ -297,16 +314,16 @@ def _ghost_bn_act_bwd_reduce_kernel(
 
 @triton.jit
 def _ghost_bn_act_bwd_finalize_kernel(
-    pg_ptr,         # *fp32 (S, n_chunks, C) partial Σ g
-    pgx_ptr,        # *fp32 (S, n_chunks, C) partial Σ g·x̂
-    mean_g_ptr,     # *fp32 out (S, C) mean of g per split (0 when not TRAINING)
-    mean_gx_ptr,    # *fp32 out (S, C) mean of g·x̂ per split (0 when not TRAINING)
-    dbias_ptr,      # *fp32 out (C,) Σ g
-    dweight_ptr,    # *fp32 out (C,) Σ g·x̂
-    C,              # i32 channels
-    S,              # i32 splits
-    n_chunks,       # i32 partials per split
-    inv_count,      # fp32 1 / elements per (split, channel)
+    pg_ptr,  # *fp32 (S, n_chunks, C) partial Σ g
+    pgx_ptr,  # *fp32 (S, n_chunks, C) partial Σ g·x̂
+    mean_g_ptr,  # *fp32 out (S, C) mean of g per split (0 when not TRAINING)
+    mean_gx_ptr,  # *fp32 out (S, C) mean of g·x̂ per split (0 when not TRAINING)
+    dbias_ptr,  # *fp32 out (C,) Σ g
+    dweight_ptr,  # *fp32 out (C,) Σ g·x̂
+    C,  # i32 channels
+    S,  # i32 splits
+    n_chunks,  # i32 partials per split
+    inv_count,  # fp32 1 / elements per (split, channel)
     TRAINING: tl.constexpr,  # the stats depended on x (batch stats): keep the mean terms
     BLOCK_S: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -322,8 +339,9 @@ def _ghost_bn_act_bwd_finalize_kernel(
     for s0 in range(0, S, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
         s3 = s[:, None, None]
-        total_g, total_gx = _sum_partials(pg_ptr, pgx_ptr, s3, k_lane, c3, S, n_chunks, C,
-                                          BLOCK_S, BLOCK_K, BLOCK_C)
+        total_g, total_gx = _sum_partials(
+            pg_ptr, pgx_ptr, s3, k_lane, c3, S, n_chunks, C, BLOCK_S, BLOCK_K, BLOCK_C
+        )
         dbias += tl.sum(total_g, axis=0)
         dweight += tl.sum(total_gx, axis=0)
         s2 = s[:, None]
@@ -334,31 +352,30 @@ def _ghost_bn_act_bwd_finalize_kernel(
             tl.store(mean_gx_ptr + s2 * C + c2, total_gx * inv_count, mask=ok2)
         else:
             tl.store(mean_g_ptr + s2 * C + c2, tl.zeros([BLOCK_S, BLOCK_C], tl.float32), mask=ok2)
-            tl.store(mean_gx_ptr + s2 * C + c2, tl.zeros([BLOCK_S, BLOCK_C], tl.float32),
-                     mask=ok2)
+            tl.store(mean_gx_ptr + s2 * C + c2, tl.zeros([BLOCK_S, BLOCK_C], tl.float32), mask=ok2)
     tl.store(dbias_ptr + c, dbias, mask=c_ok)
     tl.store(dweight_ptr + c, dweight, mask=c_ok)
 
 
 @triton.jit
 def _ghost_bn_act_bwd_kernel(
-    src_ptr,      # *x.dtype  (B, C, OH, OW) the normalised values (x, or pooled)
-    dy_ptr,       # *x.dtype  (B, C, OH, OW) grad of y
-    argmax_ptr,   # *u8       (B, C, OH, OW) window index, read when POOL
-    dx_ptr,       # *x.dtype  out (B, C, H, W) grad of x (H = 2·OH with POOL)
-    mean_ptr,     # *fp32     (S, C)
-    rstd_ptr,     # *fp32     (S, C)
-    bias_ptr,     # *fp32     (C,)
-    weight_ptr,   # *fp32     (C,) when HAS_WEIGHT
-    mean_g_ptr,   # *fp32     (S, C) mean of g per split (zeros in eval)
+    src_ptr,  # *x.dtype  (B, C, OH, OW) the normalised values (x, or pooled)
+    dy_ptr,  # *x.dtype  (B, C, OH, OW) grad of y
+    argmax_ptr,  # *u8       (B, C, OH, OW) window index, read when POOL
+    dx_ptr,  # *x.dtype  out (B, C, H, W) grad of x (H = 2·OH with POOL)
+    mean_ptr,  # *fp32     (S, C)
+    rstd_ptr,  # *fp32     (S, C)
+    bias_ptr,  # *fp32     (C,)
+    weight_ptr,  # *fp32     (C,) when HAS_WEIGHT
+    mean_g_ptr,  # *fp32     (S, C) mean of g per split (zeros in eval)
     mean_gx_ptr,  # *fp32     (S, C) mean of g·x̂ per split (zeros in eval)
-    C,            # i32 channels
-    HW,           # i32 pixels of one dx image
-    W,            # i32 dx width
-    OHW,          # i32 pixels of one src image
-    OW,           # i32 src width
-    G,            # i32 images per split
-    inv_alpha,    # fp32 1 / CELU alpha
+    C,  # i32 channels
+    HW,  # i32 pixels of one dx image
+    W,  # i32 dx width
+    OHW,  # i32 pixels of one src image
+    OW,  # i32 src width
+    G,  # i32 images per split
+    inv_alpha,  # fp32 1 / CELU alpha
     POOL: tl.constexpr,  # scatter through the 2×2 argmax
     ACT: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
@@ -407,5 +424,6 @@ def _ghost_bn_act_bwd_kernel(
         tl.store(dst + W * step, tl.where(which == 2, dv, zero), mask=mask)
         tl.store(dst + (W + 1) * step, tl.where(which == 3, dv, zero), mask=mask)
     else:
-        tl.store(dx_ptr + image * C * HW + _offset_in_image(q2, c2, C, HW, CHANNELS_LAST), dv,
-                 mask=mask)
+        tl.store(
+            dx_ptr + image * C * HW + _offset_in_image(q2, c2, C, HW, CHANNELS_LAST), dv, mask=mask
+        )
