@@ -618,7 +618,7 @@ def ghost_bn_act_specs(full: bool = False) -> list[AotSpec]:
     """Every ghost-BN kernel at the trainer's BN sites, deduplicated.
 
     The sites are the model's own (:func:`bench.shapes.bn_sites`: channels_last, batch 512,
-    16 ghost splits; the chunking assumes ``kernels.ghost_bn_act.launch.NOMINAL_SMS``).
+    16 ghost splits; the chunking assumes ``kernels.ghost_bn_act.plan.NOMINAL_SMS``).
     Default (~70 specs, ~1 s each to compile per arch): the six distinct sites at width 1 in
     :data:`GHOST_BN_RECIPES` — every kernel, both dtypes, pool and no pool, both activations,
     both weight modes, train and eval. ``full=True`` is the whole cross product, width 0.25

@@ -11,14 +11,20 @@ per file, the same files in each:
   * ``reference.py``      the plain-PyTorch op, written to be obviously right, and the input
     checks;
   * ``triton_kernels.py`` the ``@triton.jit`` kernels only, each pointer argument commented
-    with its dtype and shape (ghost BN keeps the small @jit helpers its six kernels inline
-    in ``triton_helpers.py`` beside it);
+    with its dtype and shape;
   * ``launch.py``         from shapes to launches: block sizes, grids, workspaces, the calls;
   * ``op.py``             the public function, its backend dispatch (reference,
     ``torch.compile``d reference, Triton) and the ``torch.library`` custom ops with their
     fake functions and autograd;
   * ``specs.py``          the counted bytes (``*_bytes``) and the ahead-of-time specs
     (:class:`~kernels._common.AotSpec`) that ``python -m bench.aot`` compiles.
+A module stays under ~400 lines: where a job outgrows that, it is split along a boundary
+inside it and the extra files sit beside the standard ones. Ghost BN, with six kernels, has
+four: ``triton_kernels.py`` holds its forward kernels and ``triton_kernels_bwd.py`` its
+backward ones, with the small @jit helpers both inline in ``triton_helpers.py``;
+``plan.py`` is the launch plan (block sizes, tile shapes, chunking: pure arithmetic shared by
+the launchers, the byte model and the specs, so all three agree) and ``launch.py`` only the
+launches; ``byte_model.py`` holds ``ghost_bn_act_bytes`` and ``specs.py`` only the AOT specs.
 :mod:`kernels._common` holds what the families share (backend choice, tensor checks,
 ``AotSpec``). ``kernels`` imports neither ``model``, ``train`` nor ``bench``.
 

@@ -13,10 +13,11 @@ variance; this equals the seed's GhostBatchNorm, which keeps C×splits buffers a
 them when switching to eval, because the update is linear.
 
 Where each job lives: ``reference.py`` the plain-PyTorch op and the input checks;
-``triton_kernels.py`` the six kernels (``triton_helpers.py`` the @jit helpers they inline);
-``launch.py`` block sizes, chunking and the launches; ``op.py`` :func:`ghost_bn_act` itself,
-its backends and the ``torch.library`` ops with their autograd; ``specs.py`` the byte model
-and the ahead-of-time specs.
+``triton_kernels.py`` the three forward kernels and ``triton_kernels_bwd.py`` the three
+backward ones (``triton_helpers.py`` the @jit helpers both inline); ``plan.py`` the launch
+plan (block sizes, tile shapes, chunking) and ``launch.py`` the launches that apply it;
+``op.py`` :func:`ghost_bn_act` itself, its backends and the ``torch.library`` ops with their
+autograd; ``byte_model.py`` the counted bytes and ``specs.py`` the ahead-of-time specs.
 
 Design (memory-bound op: count bytes, touch each byte as few times as possible)
 -------------------------------------------------------------------------------
@@ -73,6 +74,7 @@ Layout: a tile is [pixels × channels] of one image. Offsets are written for cha
   are copied to contiguous once by the wrapper.
 """
 
+from kernels.ghost_bn_act.byte_model import ghost_bn_act_bytes
 from kernels.ghost_bn_act.op import (
     ghost_bn_act,
     ghost_bn_act_bwd_op,
@@ -84,7 +86,7 @@ from kernels.ghost_bn_act.reference import (
     check_ghost_bn_act_inputs,
     ghost_bn_act_reference,
 )
-from kernels.ghost_bn_act.specs import AotSite, aot_specs, ghost_bn_act_bytes
+from kernels.ghost_bn_act.specs import AotSite, aot_specs
 
 __all__ = [
     "ACTIVATIONS",
