@@ -26,14 +26,14 @@ from train.checkpoint import (
     CheckpointError,
     CheckpointMismatch,
     EpochProgress,
-    check_compatible,
     load_checkpoint,
-    resume_paths,
     run_checkpoint_path,
     save_atomic,
 )
 from train.cli import EXIT_DATA, EXIT_TERMINATED, EXIT_USAGE, main
 from train.config import TrainConfig
+from train.report import progress_bar
+from train.resume import check_compatible, resume_paths
 from train.runtime import Runtime
 from train.signals import SELF_SIGNAL_ENV
 from train.step import TrainStep
@@ -240,7 +240,7 @@ def test_progress_bar_only_on_a_terminal_and_gone_after(monkeypatch):
     for stream, drawn in ((io.StringIO(), False), (Terminal(), True)):
         monkeypatch.setattr(sys, "stderr", stream)
         progress = EpochProgress(epoch=2, generator_state=torch.zeros(1), batches_done=1)
-        with trainer_module._progress_bar(progress, steps=4) as bar:
+        with progress_bar(progress, steps=4) as bar:
             for _ in range(3):
                 bar.update()
         text = stream.getvalue()

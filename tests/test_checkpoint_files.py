@@ -29,12 +29,12 @@ from train.checkpoint import (
     VERSION,
     CheckpointError,
     CheckpointMismatch,
-    check_compatible,
     load_checkpoint,
     runtime_record,
     save_atomic,
 )
 from train.config import TrainConfig
+from train.resume import check_compatible
 from train.runtime import Runtime
 from train.signals import stop_on_signals
 

@@ -22,6 +22,7 @@ from train.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main
 from train.compare import run_order
 from train.config import TrainConfig
 from train.runtime import Runtime
+from train.step import TrainStep
 
 TINY = [
     "--device",
@@ -86,13 +87,13 @@ def test_cpu_eager_warms_up_before_the_clock(monkeypatch):
     """The first steps of a process pay one-off costs (allocations, oneDNN primitives): they
     must land in the warm-up, not in the first run's time."""
     steps = []
+    take_step = TrainStep.__call__
 
-    class CountingStep(trainer_module.TrainStep):
-        def __call__(self, *args, **kwargs):
-            steps.append(self)
-            return super().__call__(*args, **kwargs)
+    def counting_step(self, *args, **kwargs):
+        steps.append(self)
+        return take_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "TrainStep", CountingStep)
+    monkeypatch.setattr(TrainStep, "__call__", counting_step)
     config = TrainConfig(
         width=0.0625,
         batch_size=32,

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from unittest import mock
 
+import pytest
 import torch
 from test_cli_inputs import DATA, ReachedTraining, small_data
 
@@ -84,6 +87,59 @@ def test_each_runs_checkpoint_is_checked(tmp_path, capsys):
     (tmp_path / "ck.seed1.pt").mkdir()  # run 2's file would be this folder
     assert run_cli(["--runs", "2", "--checkpoint", str(tmp_path / "ck.pt")]) == EXIT_USAGE
     assert "ck.seed1.pt is a folder" in one_error_line(capsys)
+
+
+def as_unprivileged_user() -> list[str] | None:
+    """The command prefix that runs a process without root's right to write anywhere (None
+    when this machine cannot do that): nothing as an ordinary user, ``setpriv`` to the
+    ``nobody`` account as root."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        return None
+    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    probe = subprocess.run(
+        [*prefix, sys.executable, "-c", "import train.outputs"], cwd=REPO, capture_output=True
+    )
+    return prefix if probe.returncode == 0 else None
+
+
+def test_checkpoint_in_a_read_only_folder_is_refused_before_any_work():
+    prefix = as_unprivileged_user()
+    if prefix is None:
+        pytest.skip(
+            "root writes into read-only folders, and no other user can run this "
+            "Python here (setpriv missing or the interpreter not readable)"
+        )
+    folder = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        folder.chmod(0o555)
+        result = subprocess.run(
+            [
+                *prefix,
+                sys.executable,
+                "-m",
+                "train",
+                "--device",
+                "cpu",
+                "--data-dir",
+                str(folder / "no-data"),
+                "--checkpoint",
+                str(folder / "ck.pt"),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+    finally:
+        folder.chmod(0o755)
+        folder.rmdir()
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert result.stderr.strip() == (
+        f"error: --checkpoint {folder / 'ck.pt'}: cannot write in {folder} (Permission "
+        "denied); name a path in a folder you can write to"
+    )
 
 
 def test_writable_paths_pass_and_missing_folders_are_not_created_by_the_check(tmp_path):

@@ -40,7 +40,7 @@ import os
 import sys
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +55,7 @@ from train.checkpoint_file import (
     save_atomic,
 )
 from train.config import TrainConfig
-from train.results import RunResult
+from train.results import EpochProgress, RunResult
 from train.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -68,40 +68,16 @@ __all__ = [  # the file-level names are re-exported: callers need one import
     "CheckpointError",
     "CheckpointMismatch",
     "EpochProgress",
-    "RESUME_MAY_DIFFER",
     "RunCheckpoint",
-    "check_compatible",
     "data_fingerprint",
     "finished_run",
     "is_finished",
     "load_checkpoint",
     "make_checkpoint",
-    "read_for_resume",
     "restore_run",
-    "resume_paths",
     "run_checkpoint_path",
     "save_atomic",
 ]
-
-#: Configuration fields that do not change the training trajectory, so a resume may
-#: differ in them. The device, backend and precision are compared as resolved (``auto``
-#: may name the same thing as ``cpu``), in ``runtime``. ``distribute`` only matters under
-#: torchrun with several processes, where checkpoints are refused.
-RESUME_MAY_DIFFER = frozenset(
-    {
-        "data_dir",
-        "download",
-        "runs",
-        "json",
-        "warmup_steps",
-        "eval_every",
-        "eval_batch_size",
-        "device",
-        "backend",
-        "precision",
-        "distribute",
-    }
-)
 
 
 # ------------------------------------------------------------------------------ paths
@@ -115,61 +91,6 @@ def run_checkpoint_path(base: str | os.PathLike, seed: int, runs: int) -> Path:
 
 
 # ------------------------------------------------------------------------------ progress
-@dataclasses.dataclass
-class EpochProgress:
-    """Where a run stands inside an epoch: what a mid-epoch resume continues from.
-
-    ``generator_state`` is the run generator's state at the *start* of ``epoch``: drawing
-    the epoch again from it gives the same permutation and augmentation choices.
-    """
-
-    epoch: int
-    generator_state: torch.Tensor
-    batches_done: int = 0
-    loss_sum: torch.Tensor | None = None  # float32 device scalar (summed batch losses)
-    correct: torch.Tensor | None = None  # int64 device scalar
-    elapsed: float = 0.0  # seconds of this epoch spent before a resume
-
-    @classmethod
-    def begin(cls, epoch: int, generator: torch.Generator, device: torch.device) -> EpochProgress:
-        """A fresh epoch starting now, with the generator where it stands."""
-        return cls(
-            epoch,
-            generator.get_state(),
-            0,
-            torch.zeros((), device=device),
-            torch.zeros((), dtype=torch.int64, device=device),
-        )
-
-    def add(self, loss_sum: torch.Tensor, correct: torch.Tensor) -> None:
-        """Count one step: its summed loss and correct predictions (device scalars, added
-        in place: no sync)."""
-        self.loss_sum += loss_sum
-        self.correct += correct
-        self.batches_done += 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "generator_state": self.generator_state,
-            "batches_done": self.batches_done,
-            "loss_sum": self.loss_sum.cpu(),
-            "correct": self.correct.cpu(),
-            "elapsed": self.elapsed,
-        }
-
-    @classmethod
-    def from_dict(cls, saved: Mapping[str, Any], device: torch.device) -> EpochProgress:
-        return cls(
-            int(saved["epoch"]),
-            saved["generator_state"],
-            int(saved["batches_done"]),
-            saved["loss_sum"].to(device),
-            saved["correct"].to(device),
-            float(saved["elapsed"]),
-        )
-
-
 # ------------------------------------------------------------------------------ contents
 def data_fingerprint(data: Cifar10) -> dict[str, int]:
     """Image counts and a CRC of all labels and the first and last 32 training images: cheap
@@ -247,96 +168,6 @@ def is_finished(checkpoint: Mapping[str, Any]) -> bool:
 
 
 # ------------------------------------------------------------------------------ checks
-def _differences(
-    saved: Mapping[str, Any], current: Mapping[str, Any], ignore: frozenset[str] = frozenset()
-) -> list[str]:
-    keys = sorted((set(saved) | set(current)) - ignore)
-    return [
-        f"{key} {saved.get(key)!r} in the checkpoint vs {current.get(key)!r} now"
-        for key in keys
-        if saved.get(key) != current.get(key)
-    ]
-
-
-def check_compatible(
-    checkpoint: Mapping[str, Any],
-    *,
-    config: TrainConfig,
-    runtime: Runtime,
-    data: Mapping[str, int],
-    seed: int,
-    path: str | os.PathLike = "the checkpoint",
-) -> None:
-    """Refuse to resume a checkpoint of a different run.
-
-    Raises :class:`CheckpointMismatch` naming every field that differs: configuration fields
-    that change the run (all but :data:`RESUME_MAY_DIFFER`), the resolved device type,
-    backend and precision, the data set, and the seed.
-    """
-    saved_config, current_config = checkpoint["config"], config.to_dict()
-    problems = _differences(saved_config, current_config, RESUME_MAY_DIFFER)
-    problems += _differences(checkpoint["runtime"], runtime_record(runtime))
-    if dict(checkpoint["data"]) != dict(data):
-        problems.append(
-            f"the data set differs ({checkpoint['data']} in the checkpoint vs {dict(data)} now)"
-        )
-    saved_seed = int(checkpoint["seed"])
-    if saved_seed != seed:
-        # Run r of a CLI invocation has seed --seed + r, so a new --seed changes the run's
-        # seed too: that is the one difference ("seed", above), not a second one. The run
-        # seed is named on its own only when it differs for another reason.
-        saved_base, current_base = saved_config.get("seed"), current_config.get("seed")
-        follows_base = (
-            saved_base != current_base
-            and isinstance(saved_base, int)
-            and isinstance(current_base, int)
-            and saved_seed - saved_base == seed - current_base
-        )
-        if not follows_base:
-            problems.append(f"run seed {saved_seed} in the checkpoint vs {seed} now")
-    if problems:
-        raise CheckpointMismatch(
-            f"{path} was written by a different run: {'; '.join(problems)}. Resume with the "
-            "flags of the interrupted run, or start afresh without --resume"
-        )
-
-
-def resume_paths(
-    base: str | os.PathLike,
-    seeds: Sequence[int],
-    *,
-    config: TrainConfig,
-    runtime: Runtime,
-    data: Mapping[str, int],
-) -> list[Path | None]:
-    """For each run's seed, the checkpoint to resume it from (``None``: start it afresh),
-    each one read and checked, so that a bad one is reported before any warm-up.
-
-    Raises :class:`CheckpointError` when there is no checkpoint for any of the runs.
-    """
-    found: list[Path | None] = []
-    for seed in seeds:
-        path = run_checkpoint_path(base, seed, len(seeds))
-        if not path.exists():
-            found.append(None)
-            continue
-        check_compatible(
-            load_checkpoint(path), config=config, runtime=runtime, data=data, seed=seed, path=path
-        )
-        found.append(path)
-    if not any(found):
-        where = run_checkpoint_path(base, seeds[0], len(seeds))
-        hint = (
-            " (nor for the other seeds)"
-            if len(seeds) > 1
-            else " (checkpoints of several runs are named by seed, e.g. "
-            f"{run_checkpoint_path(base, seeds[0], 2).name}: give the same --runs)"
-        )
-        raise CheckpointError(f"no checkpoint to resume at {where}{hint}")
-    return found
-
-
-# ------------------------------------------------------------------------------ one run
 class RunCheckpoint:
     """The checkpoint of one run: saves its state at epoch ends and when it stops.
 
@@ -389,21 +220,6 @@ class RunCheckpoint:
             return None
         result.checkpoint_time += time.perf_counter() - start
         return self.path
-
-
-def read_for_resume(
-    path: str | os.PathLike,
-    *,
-    config: TrainConfig,
-    runtime: Runtime,
-    data: Mapping[str, int],
-    seed: int,
-) -> dict[str, Any]:
-    """The checkpoint at ``path``, read and checked against this run (see
-    :func:`check_compatible`). Raises :class:`CheckpointError` / :class:`CheckpointMismatch`."""
-    saved = load_checkpoint(path)
-    check_compatible(saved, config=config, runtime=runtime, data=data, seed=seed, path=path)
-    return saved
 
 
 def restore_run(

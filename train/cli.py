@@ -47,7 +47,6 @@ from train.flags import (
 
 if TYPE_CHECKING:
     from train.distributed import Distributed
-    from train.outputs import OutputLocks
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,7 +167,7 @@ def _run(
     """
     from train.checkpoint import run_checkpoint_path
     from train.distributed import Distributed
-    from train.outputs import OutputLocks
+    from train.outputs import OutputLocks, claim_outputs
     from train.runtime import resolve_runtime
 
     ctx = Distributed() if ctx is None else ctx
@@ -185,7 +184,7 @@ def _run(
     with OutputLocks() as locks:
         try:
             if ctx.is_main:
-                _claim_outputs(
+                claim_outputs(
                     locks,
                     config.json,
                     plot_dir,
@@ -195,28 +194,6 @@ def _run(
         except ConfigError as error:
             return fail(EXIT_USAGE, str(error))
         return _train_and_report(config, runtime, plot_dir, seeds, saves, save_to, resume, ctx)
-
-
-def _claim_outputs(
-    locks: OutputLocks,
-    json_path: str | None,
-    plot_dir: str | None,
-    saves: Sequence[Path | None],
-    checkpoint_flag: str,
-) -> None:
-    """Check every output path, then lock each one (see :mod:`train.outputs`). Raises
-    :class:`~train.outputs.OutputError`, a :class:`ConfigError`, naming the path."""
-    from train.outputs import check_output_file, check_output_folder
-
-    files = [(Path(json_path), "--json")] if json_path else []
-    files += [(path, checkpoint_flag) for path in saves if path is not None]
-    for path, flag in files:
-        check_output_file(path, flag)
-    if plot_dir:
-        check_output_folder(plot_dir, "--plot")
-        files.append((Path(plot_dir), "--plot"))
-    for path, flag in files:
-        locks.acquire(path, flag)
 
 
 def _train_and_report(
@@ -230,9 +207,10 @@ def _train_and_report(
     ctx: Distributed,
 ) -> int:
     """Load the data, check the checkpoints to resume, train every run, report."""
-    from train.checkpoint import CheckpointError, CheckpointMismatch, data_fingerprint, resume_paths
+    from train.checkpoint import CheckpointError, CheckpointMismatch, data_fingerprint
     from train.data import DataError
     from train.report import format_header
+    from train.resume import resume_paths
     from train.signals import stop_on_signals
     from train.trainer import Trainer, TrainingDiverged, TrainingInterrupted
 
@@ -341,59 +319,24 @@ def _report(
     plot_dir: str | None,
 ) -> int:
     """The summary, the JSON and the plots: rank 0's job alone. A write that fails here
-    (disk full, a folder removed meanwhile) loses nothing: the results go to a file in the
-    temporary folder, named in one line, and the exit code is :data:`EXIT_OUTPUT`."""
-    from train.outputs import fallback_path
-    from train.report import format_summary, write_json
+    loses nothing (see :func:`train.report.write_results`): exit code :data:`EXIT_OUTPUT`."""
+    from train.report import format_summary, write_results
 
     if not ctx.is_main:
         return EXIT_OK
     print(format_summary(results, warmup_time), flush=True)
-
-    def write(path: str | os.PathLike) -> None:
-        write_json(
-            path,
-            config,
-            runtime,
-            results,
-            warmup_time,
-            world_size=ctx.world_size,
-            distribute=config.distribute if ctx.enabled else None,
-        )
-
-    failures: list[str] = []
-    numbers_on_disk = False
-    if config.json:
-        try:
-            write(config.json)
-            print(f"wrote {config.json}")
-            numbers_on_disk = True
-        except OSError as error:
-            failures.append(f"could not write --json {config.json} ({_reason(error)})")
-    if plot_dir:
-        from train.report import write_plots
-
-        try:
-            for path in write_plots(plot_dir, config, data, trainer, results):
-                print(f"wrote {path}")
-        except OSError as error:
-            failures.append(f"could not write the plots into {plot_dir} ({_reason(error)})")
-    if not failures:
-        return EXIT_OK
-    if not numbers_on_disk:
-        rescue = fallback_path()
-        try:
-            write(rescue)
-            failures.append(f"the results are in {rescue}")
-        except OSError as error:
-            failures.append(
-                f"nor to {rescue} ({_reason(error)}); the figures above are all there is"
-            )
-    return fail(EXIT_OUTPUT, "; ".join(failures))
-
-
-def _reason(error: OSError) -> str:
-    return error.strerror or str(error) or type(error).__name__
+    problem = write_results(
+        config,
+        runtime,
+        data,
+        trainer,
+        results,
+        warmup_time,
+        world_size=ctx.world_size,
+        distribute=config.distribute if ctx.enabled else None,
+        plot_dir=plot_dir,
+    )
+    return EXIT_OK if problem is None else fail(EXIT_OUTPUT, problem)
 
 
 def _spread_runs(

@@ -24,6 +24,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,26 @@ def _read_owner(lock: Path) -> str:
     except OSError:
         return ""
     return f" (process {pid})" if pid.isdigit() else ""
+
+
+def claim_outputs(
+    locks: OutputLocks,
+    json_path: str | None,
+    plot_dir: str | None,
+    checkpoints: Sequence[Path | None],
+    checkpoint_flag: str,
+) -> None:
+    """Check every output path a run writes, then lock each one (checking all before
+    locking any, so that a bad path is reported as such). Raises :class:`OutputError`."""
+    files = [(Path(json_path), "--json")] if json_path else []
+    files += [(path, checkpoint_flag) for path in checkpoints if path is not None]
+    for path, flag in files:
+        check_output_file(path, flag)
+    if plot_dir:
+        check_output_folder(plot_dir, "--plot")
+        files.append((Path(plot_dir), "--plot"))
+    for path, flag in files:
+        locks.acquire(path, flag)
 
 
 def fallback_path(kind: str = "results") -> Path:

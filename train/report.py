@@ -1,14 +1,16 @@
-"""What a run prints and writes: the per-epoch table, the summary over runs, the JSON file."""
+"""What a run prints and writes: the per-epoch table and its progress line, the summary
+over runs, the JSON file and the plots."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,9 @@ import torch
 
 from train.atomic import write_atomic
 from train.config import CIFAR10_MEAN, CIFAR10_STD, TrainConfig
+from train.results import EpochProgress, EpochRow, RunResult
 from train.runtime import Runtime
 from train.stats import format_mean_ci, summarize
-from train.trainer import EpochRow, RunResult
 
 TARGET_ACCURACY = 0.94
 
@@ -216,3 +218,89 @@ def write_plots(
             )
         )
     return [str(w) for w in written]
+
+
+def write_results(
+    config: TrainConfig,
+    runtime: Runtime,
+    data: Any,
+    trainer: Any,
+    results: Sequence[RunResult],
+    warmup_time: float,
+    *,
+    world_size: int = 1,
+    distribute: str | None = None,
+    plot_dir: str | os.PathLike | None = None,
+) -> str | None:
+    """Write ``--json`` and the ``--plot`` PNGs; None when all went where asked.
+
+    A write that fails (disk full, a folder removed meanwhile) loses nothing: unless the
+    JSON made it to its path, the results go to a fresh file in the temporary folder.
+    Returns the one-line account of what failed and where the results are.
+    """
+    from train.outputs import fallback_path
+
+    def write(path: str | os.PathLike) -> None:
+        write_json(
+            path,
+            config,
+            runtime,
+            results,
+            warmup_time,
+            world_size=world_size,
+            distribute=distribute,
+        )
+
+    failures: list[str] = []
+    numbers_on_disk = False
+    if config.json:
+        try:
+            write(config.json)
+            print(f"wrote {config.json}")
+            numbers_on_disk = True
+        except OSError as error:
+            failures.append(f"could not write --json {config.json} ({_reason(error)})")
+    if plot_dir:
+        try:
+            for path in write_plots(plot_dir, config, data, trainer, results):
+                print(f"wrote {path}")
+        except OSError as error:
+            failures.append(f"could not write the plots into {plot_dir} ({_reason(error)})")
+    if not failures:
+        return None
+    if not numbers_on_disk:
+        rescue = fallback_path()
+        try:
+            write(rescue)
+            failures.append(f"the results are in {rescue}")
+        except OSError as error:
+            failures.append(
+                f"nor to {rescue} ({_reason(error)}); the figures above are all there is"
+            )
+    return "; ".join(failures)
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error) or type(error).__name__
+
+
+@contextlib.contextmanager
+def progress_bar(progress: EpochProgress, steps: int) -> Iterator:
+    """A transient per-epoch progress line on stderr, only when stderr is a terminal (the
+    table rows on stdout stay clean). It counts steps on the host: no device sync."""
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=steps,
+        initial=progress.batches_done,
+        desc=f"epoch {progress.epoch}",
+        unit="step",
+        leave=False,
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+        dynamic_ncols=True,
+    )
+    try:
+        yield bar
+    finally:
+        bar.close()

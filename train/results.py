@@ -1,4 +1,5 @@
-"""What a run produces: its table rows and result, and the two ways a run ends early.
+"""What a run produces: its table rows and result, where it stands inside an epoch, and the
+two ways a run ends early.
 
 These records sit apart from the trainer so that the modules that print, save or compare
 them (:mod:`train.report`, :mod:`train.checkpoint`, :mod:`train.compare`) need not import
@@ -7,12 +8,13 @@ the trainer itself.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from train.checkpoint import EpochProgress
+import torch
 
 
 @dataclass
@@ -52,6 +54,61 @@ class RunResult:
     def from_dict(cls, saved: dict[str, Any]) -> RunResult:
         """A result from its ``dataclasses.asdict`` form (as checkpoints hold it)."""
         return cls(**{**saved, "rows": [EpochRow(**row) for row in saved["rows"]]})
+
+
+@dataclasses.dataclass
+class EpochProgress:
+    """Where a run stands inside an epoch: what a mid-epoch resume continues from.
+
+    ``generator_state`` is the run generator's state at the *start* of ``epoch``: drawing
+    the epoch again from it gives the same permutation and augmentation choices.
+    """
+
+    epoch: int
+    generator_state: torch.Tensor
+    batches_done: int = 0
+    loss_sum: torch.Tensor | None = None  # float32 device scalar (summed batch losses)
+    correct: torch.Tensor | None = None  # int64 device scalar
+    elapsed: float = 0.0  # seconds of this epoch spent before a resume
+
+    @classmethod
+    def begin(cls, epoch: int, generator: torch.Generator, device: torch.device) -> EpochProgress:
+        """A fresh epoch starting now, with the generator where it stands."""
+        return cls(
+            epoch,
+            generator.get_state(),
+            0,
+            torch.zeros((), device=device),
+            torch.zeros((), dtype=torch.int64, device=device),
+        )
+
+    def add(self, loss_sum: torch.Tensor, correct: torch.Tensor) -> None:
+        """Count one step: its summed loss and correct predictions (device scalars, added
+        in place: no sync)."""
+        self.loss_sum += loss_sum
+        self.correct += correct
+        self.batches_done += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "generator_state": self.generator_state,
+            "batches_done": self.batches_done,
+            "loss_sum": self.loss_sum.cpu(),
+            "correct": self.correct.cpu(),
+            "elapsed": self.elapsed,
+        }
+
+    @classmethod
+    def from_dict(cls, saved: Mapping[str, Any], device: torch.device) -> EpochProgress:
+        return cls(
+            int(saved["epoch"]),
+            saved["generator_state"],
+            int(saved["batches_done"]),
+            saved["loss_sum"].to(device),
+            saved["correct"].to(device),
+            float(saved["elapsed"]),
+        )
 
 
 class TrainingDiverged(RuntimeError):

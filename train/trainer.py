@@ -29,12 +29,10 @@ this happens: no process-group call, no wrapper.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -48,7 +46,6 @@ from train.checkpoint import (
     data_fingerprint,
     finished_run,
     is_finished,
-    read_for_resume,
     restore_run,
 )
 from train.config import CIFAR10_MEAN, CIFAR10_STD, ConfigError, TrainConfig, model_config
@@ -63,35 +60,16 @@ from train.distributed import (
     wrap_ddp,
 )
 from train.evaluate import evaluate
+from train.report import format_row, progress_bar
 from train.results import EpochRow, RunResult, TrainingDiverged, TrainingInterrupted
+from train.resume import read_for_resume
 from train.runtime import Runtime, compiles_model
 from train.signals import StopRequest, self_signal_from_environment, watch_signals
 from train.step import TrainStep
+from train.warmup import warm_up
 
 if TYPE_CHECKING:
     from train.data import Cifar10
-
-
-@contextlib.contextmanager
-def _progress_bar(progress: EpochProgress, steps: int) -> Iterator:
-    """A transient per-epoch progress line on stderr, only when stderr is a terminal (the
-    table rows on stdout stay clean). It counts steps on the host: no device sync."""
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=steps,
-        initial=progress.batches_done,
-        desc=f"epoch {progress.epoch}",
-        unit="step",
-        leave=False,
-        file=sys.stderr,
-        disable=not sys.stderr.isatty(),
-        dynamic_ncols=True,
-    )
-    try:
-        yield bar
-    finally:
-        bar.close()
 
 
 class RunData(NamedTuple):
@@ -144,7 +122,7 @@ class Trainer:
         self.eval_forward = torch.compile(self.eval_model) if compile_it else self.eval_model
         if runtime.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        self.warmup_time = self._warm_up()
+        self.warmup_time = warm_up(self)
 
     # ------------------------------------------------------------------ building blocks
     def _new_model(self, seed: int) -> ResNet9:
@@ -237,65 +215,6 @@ class Trainer:
             every = 1 if self.runtime.device.type == "cuda" else 0
         return epoch == self.config.epochs or (every > 0 and epoch % every == 0)
 
-    # ------------------------------------------------------------------ warm-up
-    def _warm_up(self) -> float:
-        """Run ``warmup_steps`` steps and one evaluation on throwaway data with the real
-        shapes before any clock starts, on every backend and device, and return the seconds
-        it took. What it absorbs: compiling and autotuning, and on any backend the one-off
-        costs of a first call (allocator growth, oneDNN/cuDNN primitive creation) that would
-        otherwise land in the first run alone and make it look slower than the rest
-        (``compare`` would then blame side A, which runs first).
-
-        A compiled model sees the data set's full size (its augmentation is specialised to
-        it); eager code needs only the batches it runs and one evaluation batch.
-        """
-        if self.config.warmup_steps == 0:
-            return 0.0
-        start = time.perf_counter()
-        device, c = self.runtime.device, self.config
-        generator = torch.Generator(device=device).manual_seed(12345)
-        full_size = compiles_model(self.runtime.backend, device)
-
-        def throwaway(
-            like: torch.Tensor, labels: torch.Tensor, needed: int
-        ) -> tuple[torch.Tensor, ...]:
-            count = like.shape[0] if full_size else min(like.shape[0], needed)
-            images = torch.randint(
-                0,
-                256,
-                (count, *like.shape[1:]),
-                dtype=torch.uint8,
-                device=device,
-                generator=generator,
-            )
-            return images, torch.randint(0, 10, (count,), device=device, generator=generator)
-
-        train_images, train_labels = throwaway(
-            self.data.train_images, self.data.train_labels, c.batch_size * c.warmup_steps
-        )  # whitening too: the same 27×27 eigenproblem
-        test_images, test_labels = throwaway(
-            self.data.test_images, self.data.test_labels, c.eval_batch_size
-        )
-        self._set_whitening(train_images)
-        step = TrainStep(
-            self.model,
-            self.train_forward,
-            c,
-            self.runtime,
-            steps_per_epoch=1,
-            loss_scale=self.ctx.world_size,
-        )
-        self.model.train()
-        for index, (inputs, targets) in enumerate(
-            self._batches(train_images, train_labels, generator)
-        ):
-            if index == c.warmup_steps:
-                break
-            step(inputs, targets)
-        self._evaluate(test_images, test_labels, step)
-        self.runtime.synchronize()
-        return time.perf_counter() - start
-
     # ------------------------------------------------------------------ one run
     def run(
         self,
@@ -366,7 +285,7 @@ class Trainer:
                 raise TrainingInterrupted(stopping.name, None, None)
             while progress.epoch <= c.epochs:  # for each epoch
                 clock = self._start_clock()
-                with _progress_bar(progress, len(batches)) as bar:
+                with progress_bar(progress, len(batches)) as bar:
                     for inputs, labels in batches.epoch(start=progress.batches_done):
                         progress.add(*step(inputs, labels))  # one step per batch
                         bar.update()
@@ -497,8 +416,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ output
     def log_row(self, row: EpochRow) -> None:
-        from train.report import format_row
-
         self.log(format_row(row))
 
     def _logged(self, result: RunResult) -> RunResult:
