@@ -333,7 +333,8 @@ def test_eager_and_compile_backends_both_train_alike(archive_dir, tmp_path):
         records[backend] = json.loads(out.read_text())
     eager, compiled = records["eager"], records["compile"]
     assert compiled["environment"]["backend"] == "compile"
-    assert compiled["warmup_time"] > 0 and eager["warmup_time"] == 0
+    # both warm up before the clock (eager too: a first call's one-off costs), apart
+    assert compiled["warmup_time"] > 0 and eager["warmup_time"] > 0
     first_loss = {k: r["runs"][0]["epochs"][0]["train_loss"] for k, r in records.items()}
     assert first_loss["compile"] == pytest.approx(first_loss["eager"], abs=0.05)
     acc = {k: r["summary"]["test_acc"]["mean"] for k, r in records.items()}
