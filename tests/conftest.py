@@ -2,6 +2,12 @@
 
 TRITON_INTERPRET must be set before anything imports triton or ``kernels``: it makes the
 Triton kernels run on the CPU through Triton's interpreter.
+
+The ``gpu`` marker names the kernel test cases that ``./run.sh gpu-check`` runs again on a
+GPU, compiled (``TRITON_INTERPRET=0 pytest -m gpu``): there every tensor those tests create
+lives on the GPU (``torch.device("cuda")`` as the default device), and they compare with
+the tolerances of :data:`KERNEL_DEVICE`'s type. Everywhere else they run on the CPU under the
+interpreter, like every other test.
 """
 
 import os
@@ -10,6 +16,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 import random  # noqa: E402
+import signal  # noqa: E402
 import zlib  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -29,3 +36,30 @@ def _seed_everything(request):
     np.random.seed(seed)
     torch.manual_seed(seed)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_raises_keyboard_interrupt():
+    """Every test starts with Python's own SIGINT handler (Ctrl-C raises KeyboardInterrupt),
+    as in a terminal, whatever the suite was started from. A process started in the
+    background by a non-interactive shell inherits SIGINT *ignored*, and Python then keeps
+    it ignored: the Ctrl-C tests would see nothing, and the processes they start would
+    inherit the ignoring too."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+#: Where the ``gpu``-marked kernel tests create their tensors.
+KERNEL_DEVICE = torch.device(
+    "cuda" if os.environ["TRITON_INTERPRET"] == "0" and torch.cuda.is_available() else "cpu"
+)
+
+
+@pytest.fixture(autouse=True)
+def _kernel_tests_on_their_device(request):
+    if KERNEL_DEVICE.type == "cuda" and request.node.get_closest_marker("gpu"):
+        with torch.device(KERNEL_DEVICE):
+            yield
+    else:
+        yield

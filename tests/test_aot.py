@@ -22,6 +22,7 @@ import triton.language as tl
 
 from bench import aot
 from kernels._common import AotSpec
+from kernels._versions import aot_spill_allowance
 
 ARCHS = (80, 90)
 BLOCK = 1024  # 1024 fp16 over 128 threads: 8 per thread, exactly one 16-byte vector
@@ -293,7 +294,11 @@ def test_spec_compiles_without_spills(spec, arch, record_property, all_compiled)
     record_property("registers", r.registers)
     record_property("shared_bytes", r.shared_bytes)
     record_property("has_128bit_loads", r.has_128bit_loads)
-    assert r.spill_bytes == 0 and r.local_bytes == 0, summary
-    assert r.local_memory_instructions == 0, summary
+    # Zero with the Triton the kernels were tuned with; a few bytes on an older supported
+    # one (kernels._versions says which and how many).
+    allowance = aot_spill_allowance()
+    assert r.spill_bytes <= allowance and r.local_bytes == 0, summary
+    if allowance == 0:
+        assert r.local_memory_instructions == 0, summary
     if r.label.startswith("ghost_bn") and "finalize" not in r.label:
         assert r.has_128bit_loads, f"{summary}: {r.global_loads}"

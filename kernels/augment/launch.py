@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from kernels._common import check_tensor, interpreting, triton
+from kernels._launch import launch
 from kernels.augment.reference import OUT_DTYPES
 from kernels.augment.triton_kernels import _augment_fwd_kernel
 
@@ -113,7 +114,9 @@ def _augment_launch(
     stats = _stats_tensor(tuple(map(float, mean)), tuple(map(float, std)), data.device)
     cfg = _launch_config(channels, height, width)
     grid = (batch * triton.cdiv(height, cfg["BLOCK_ROWS"]),)
-    _augment_fwd_kernel[grid](
+    launch(
+        _augment_fwd_kernel,
+        grid,
         data,
         indices,
         crop,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from kernels._common import interpreting
+from kernels._launch import launch
 from kernels.ghost_bn_act.plan import (
     _ACT_CODES,
     FIN_BLOCK_C,
@@ -133,13 +134,20 @@ def _stats_impl(
         tiles_per_prog, n_chunks = _chunking(
             tiles, splits, channel_blocks, _target_programs(x.device), block_q
         )
+        stats_run = _launch_ok(n_chunks, splits, channel_blocks, tiles)
         if training:
-            partial_sum = torch.empty(
+            # Filled by the kernel (every program stores its row) unless nothing runs.
+            workspace = torch.empty if stats_run else torch.zeros
+            partial_sum = workspace(
                 (splits, n_chunks, channels), dtype=torch.float32, device=x.device
             )
-            partial_sq = torch.empty_like(partial_sum)
-        if _launch_ok(n_chunks, splits, channel_blocks, tiles):
-            _ghost_bn_act_fwd_stats_kernel[(n_chunks, splits, channel_blocks)](
+            partial_sq = workspace(
+                (splits, n_chunks, channels), dtype=torch.float32, device=x.device
+            )
+        if stats_run:
+            launch(
+                _ghost_bn_act_fwd_stats_kernel,
+                (n_chunks, splits, channel_blocks),
                 x,
                 pooled if pool and save_pool else x,
                 argmax if pool and save_pool else running_mean,
@@ -162,7 +170,9 @@ def _stats_impl(
                 num_warps=NUM_WARPS,
             )
     if _launch_ok(channels):
-        _ghost_bn_act_fwd_finalize_kernel[(_cdiv(channels, FIN_BLOCK_C),)](
+        launch(
+            _ghost_bn_act_fwd_finalize_kernel,
+            (_cdiv(channels, FIN_BLOCK_C),),
             partial_sum,
             partial_sq,
             x,
@@ -223,7 +233,9 @@ def _fwd_impl(
     )
     grid = (batch * _cdiv(out_h * out_w, block_q), _cdiv(channels, block_c))
     if _launch_ok(*grid):
-        _ghost_bn_act_fwd_kernel[grid](
+        launch(
+            _ghost_bn_act_fwd_kernel,
+            grid,
             src,
             y,
             mean,
@@ -290,10 +302,17 @@ def _bwd_impl(
     tiles_per_prog, n_chunks = _chunking(
         tiles, splits, channel_blocks, _target_programs(device), block_q
     )
-    partial_g = torch.zeros((splits, n_chunks, channels), dtype=torch.float32, device=device)
-    partial_gx = torch.zeros_like(partial_g)
-    if _launch_ok(tiles, channel_blocks):
-        _ghost_bn_act_bwd_reduce_kernel[(n_chunks, splits, channel_blocks)](
+    reduce_runs = _launch_ok(tiles, channel_blocks)
+    # Each reduce program stores its whole (split, chunk) row of partials, so the buffers
+    # need no fill when the kernel runs (a fill is one more launch per BN site and step);
+    # with no tiles (an empty batch) the finalize kernel reads zeros.
+    workspace = torch.empty if reduce_runs else torch.zeros
+    partial_g = workspace((splits, n_chunks, channels), dtype=torch.float32, device=device)
+    partial_gx = workspace((splits, n_chunks, channels), dtype=torch.float32, device=device)
+    if reduce_runs:
+        launch(
+            _ghost_bn_act_bwd_reduce_kernel,
+            (n_chunks, splits, channel_blocks),
             src,
             dy,
             mean,
@@ -320,7 +339,9 @@ def _bwd_impl(
     dbias = torch.empty((channels,), dtype=torch.float32, device=device)
     dweight = torch.empty_like(dbias)
     if _launch_ok(channels):
-        _ghost_bn_act_bwd_finalize_kernel[(_cdiv(channels, FIN_BLOCK_C),)](
+        launch(
+            _ghost_bn_act_bwd_finalize_kernel,
+            (_cdiv(channels, FIN_BLOCK_C),),
             partial_g,
             partial_gx,
             mean_g,
@@ -346,7 +367,9 @@ def _bwd_impl(
     )
     grid = (batch * _cdiv(out_h * out_w, block_q), _cdiv(channels, block_c))
     if _launch_ok(*grid):
-        _ghost_bn_act_bwd_kernel[grid](
+        launch(
+            _ghost_bn_act_bwd_kernel,
+            grid,
             src,
             dy,
             argmax if pool else mean,
