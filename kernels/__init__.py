@@ -26,7 +26,10 @@ backward ones, with the small @jit helpers both inline in ``triton_helpers.py``;
 the launchers, the byte model and the specs, so all three agree) and ``launch.py`` only the
 launches; ``byte_model.py`` holds ``ghost_bn_act_bytes`` and ``specs.py`` only the AOT specs.
 :mod:`kernels._common` holds what the families share (backend choice, tensor checks,
-``AotSpec``). ``kernels`` imports neither ``model``, ``train`` nor ``bench``.
+``AotSpec``); :mod:`kernels._launch` is the one door every Triton launch goes through (on the
+tensors' own device, counted by :func:`~kernels._launch.count_launches`); and
+:mod:`kernels._versions` states the supported torch/Triton range and is the one place that
+branches on versions. ``kernels`` imports neither ``model``, ``train`` nor ``bench``.
 
 Set ``TRITON_INTERPRET=1`` *before* importing this package to run the Triton kernels on the
 CPU through Triton's interpreter (correctness only).

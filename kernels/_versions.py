@@ -22,9 +22,9 @@ torch 2.13:
 
 One compiled-code difference too: the block sizes and warp counts were tuned with Triton 3.9,
 where every ahead-of-time spec compiles with no spills. Triton 3.6's compiler spills a few
-bytes in some of them (sm_80 and sm_90a: the fp16/bf16 augmentation specs 4 B, the layer-3
-finalize kernels on sm_90a 8–24 B, each through the stack frame around one barrier); they
-compile and run, and the AOT tests allow :func:`aot_spill_allowance` bytes there.
+bytes in some of them (spill stores/loads: the fp16/bf16 augmentation specs 4/4 B on sm_80
+and sm_90a, the layer-3 finalize kernels on sm_90a up to 24/20 B); they compile and run, and
+the AOT tests allow :func:`aot_spill_allowance` bytes (stores plus loads) there.
 """
 
 from __future__ import annotations
@@ -103,8 +103,9 @@ def unsupported_versions(
 
 
 def aot_spill_allowance(triton_version: tuple[int, int] | None = TRITON_VERSION) -> int:
-    """Bytes of register spills an ahead-of-time compile may show: none with the Triton the
-    kernels were tuned with or newer; 32 with an older supported one (3.6 spills up to 24)."""
+    """Bytes of register spills (stores plus loads) an ahead-of-time compile may show: none
+    with the Triton the kernels were tuned with or newer; 48 with an older supported one
+    (Triton 3.6: at most 24 + 20 = 44)."""
     if triton_version is not None and triton_version >= TUNED_TRITON:
         return 0
-    return 32
+    return 48

@@ -15,6 +15,7 @@ from train.ema import WeightAverage
 from train.evaluate import tta_logits
 from train.loss import label_smoothing_loss
 from train.optim import make_optimizer, set_learning_rate
+from train.runtime import auto_precision, cpu_flags, cpu_has_native_bf16, resolve_runtime
 from train.schedule import PiecewiseLinear, learning_rate, recipe_schedule
 
 
@@ -240,6 +241,31 @@ def test_optimizer_groups_lr_and_weight_decay():
     assert (biases["momentum"], biases["nesterov"]) == (0.8, False)
 
 
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_fused_sgd_with_tensor_rates_takes_the_foreach_steps(nesterov):
+    """The GPU's optimiser (one fused kernel, learning rates as device tensors set in place)
+    against the CPU's (foreach, float rates): the same weights over steps whose rate
+    changes, with both groups' multipliers and weight decays, within fp32 rounding."""
+    config = TrainConfig(bias_lr_mult=64.0, bias_wd_div=64.0, nesterov=nesterov)
+    models = [_TinyModel(), _TinyModel()]
+    models[1].load_state_dict(models[0].state_dict())
+    foreach = make_optimizer(models[0], config)
+    fused = make_optimizer(models[1], config, fused=True)
+    assert fused.defaults["fused"] and all(
+        isinstance(g["lr"], torch.Tensor) for g in fused.param_groups
+    )
+    x = torch.randn(16, 3)
+    for step, lr in enumerate([0.0, 1e-3, 4e-3, 2e-3]):
+        for model, optimizer in zip(models, (foreach, fused)):
+            set_learning_rate(optimizer, lr)
+            optimizer.zero_grad(set_to_none=True)
+            (model.conv(x).square().sum() + model.bn_bias.sin().sum() * step).backward()
+            optimizer.step()
+        for a, b in zip(models[0].parameters(), models[1].parameters()):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert fused.param_groups[1]["lr"].item() == pytest.approx(2e-3 * 64)
+
+
 # --------------------------------------------------------------------------- config / CLI
 @pytest.mark.parametrize(
     "changes, message",
@@ -300,3 +326,35 @@ def test_cli_cpu_configuration_fills_only_unset_flags():
     assert note is None and full == TrainConfig()
     gpu, note = config_from_args(build_parser().parse_args([]), has_gpu=True)
     assert note is None and gpu == TrainConfig()
+
+
+# --------------------------------------------------------------------------- runtime: auto
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse avx2 amx_bf16 amx_tile\n"
+        "processor\t: 1\nflags\t\t: fpu\n"
+    )
+    assert cpu_flags(str(cpuinfo)) == {"fpu", "sse", "avx2", "amx_bf16", "amx_tile"}
+    assert cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+
+@pytest.mark.parametrize(
+    "flags,native",
+    [
+        ({"avx2", "fma"}, False),
+        ({"avx512f", "avx512bw"}, False),  # AVX-512 alone: oneDNN emulates bf16
+        ({"avx512f", "avx512_bf16"}, True),
+        ({"amx_tile", "amx_bf16"}, True),
+    ],
+)
+def test_auto_precision_picks_bf16_only_where_it_is_native(flags, native):
+    assert cpu_has_native_bf16(frozenset(flags)) is native
+    assert auto_precision(torch.device("cpu"), frozenset(flags)) == ("bf16" if native else "fp32")
+    assert auto_precision(torch.device("cuda"), frozenset(flags)) == "fp16"
+
+
+def test_the_cpu_runtime_is_channels_last():
+    runtime = resolve_runtime(TrainConfig(device="cpu"))
+    assert runtime.channels_last and runtime.device == torch.device("cpu")
+    assert runtime.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)

@@ -8,7 +8,7 @@ from torch import nn
 from train.config import TrainConfig
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
+def make_optimizer(model: nn.Module, config: TrainConfig, fused: bool = False) -> torch.optim.SGD:
     """SGD over two groups: conv/linear weights and learnable BN scales (weight decay
     5e-4 × batch; the seed grouped by ``'bias' in name``), and the BN biases, whose learning
     rate is ×``bias_lr_mult`` and weight decay ÷``bias_wd_div``
@@ -16,6 +16,13 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
     effective step is 4² larger, plus another ×4 the seed found helpful).
 
     Each group carries ``lr_mult``; :func:`set_learning_rate` applies it.
+
+    ``fused``: one fused kernel for the whole update (``fused=True``) with each group's
+    learning rate a 0-d tensor on the parameters' device, set in place every step: no host
+    value is baked into the update (what a CUDA graph needs) and the step launches one kernel
+    per group instead of a handful of foreach ones. The trainer asks for it on a GPU; without
+    it, foreach SGD with float learning rates (the CPU default, where the fused kernel gains
+    nothing).
     """
     groups = model.param_groups()
     weight_decay = config.weight_decay * config.batch_size
@@ -31,16 +38,29 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
             "lr_mult": config.bias_lr_mult,
         },
     ]
+    param_groups = [g for g in param_groups if g["params"]]
+    if not fused:
+        return torch.optim.SGD(
+            param_groups, lr=0.0, momentum=config.momentum, nesterov=config.nesterov, foreach=True
+        )
+    device = param_groups[0]["params"][0].device
+    for group in param_groups:
+        group["lr"] = torch.zeros((), dtype=torch.float32, device=device)
     return torch.optim.SGD(
-        [g for g in param_groups if g["params"]],
-        lr=0.0,
+        param_groups,
+        lr=torch.zeros((), dtype=torch.float32, device=device),
         momentum=config.momentum,
         nesterov=config.nesterov,
-        foreach=True,
+        fused=True,
     )
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every group's learning rate to ``lr × lr_mult`` (a host float: no device sync)."""
+    """Set every group's learning rate to ``lr × lr_mult``: a host float, or written into the
+    group's device tensor in place (a fill from a host scalar: no device sync)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group["lr_mult"]
+        value = lr * group["lr_mult"]
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(value)
+        else:
+            group["lr"] = value

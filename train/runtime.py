@@ -100,17 +100,52 @@ def resolve_backend(requested: str, device: torch.device) -> str:
     return requested
 
 
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The instruction-set flags the kernel reports for the first CPU (empty where there is
+    no ``/proc/cpuinfo``: then nothing is assumed)."""
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """Whether the CPU computes in bf16 natively (AVX512-BF16 or AMX-BF16). Without either,
+    oneDNN emulates bf16 through fp32 and a bf16 step is slower than an fp32 one."""
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def auto_precision(device: torch.device, flags: frozenset[str] | None = None) -> str:
+    """``--precision auto``: fp16 on a GPU; on a CPU bf16 where it is native, else fp32.
+
+    Measured: on a CPU with AMX, the full-width step ran 2.1× faster in bf16 than in fp32
+    (134 vs 63 img/s); on this project's AVX2-only CI machine (emulated bf16) the CPU-sized
+    step ran about 5× slower in bf16 (eager, side by side, alternating)."""
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if cpu_has_native_bf16(flags) else "fp32"
+
+
 def resolve_runtime(config: TrainConfig) -> Runtime:
     device = resolve_device(config.device)
     backend = resolve_backend(config.backend, device)
     precision = config.precision
     if precision == "auto":
-        precision = "fp16" if device.type == "cuda" else "fp32"
+        precision = auto_precision(device)
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("--precision bf16 needs an Ampere or newer GPU; use fp16")
     return Runtime(
         device=device,
         backend=backend,
         dtype=_DTYPES[precision],
-        channels_last=device.type == "cuda",
+        # channels_last everywhere: the GPU kernels are tuned for it, and on both CPUs it
+        # was measured on it beat NCHW (fp32: the full-width step 1.13× faster on a CPU with
+        # AMX; one CPU-sized epoch 27.0 and 27.6 s against 29.7 and 28.0 s in NCHW on the
+        # AVX2 CI machine, the trainer itself, alternating).
+        channels_last=True,
     )

@@ -44,7 +44,7 @@ class TrainStep:
     ) -> None:
         self.model, self.forward, self.runtime = model, forward, runtime
         self.loss_scale = loss_scale
-        self.optimizer = make_optimizer(model, config)
+        self.optimizer = make_optimizer(model, config, fused=runtime.device.type == "cuda")
         self.schedule = recipe_schedule(config)
         self.steps_per_epoch = steps_per_epoch
         self.batch_size = config.batch_size
@@ -105,5 +105,11 @@ class TrainStep:
         self.last_lr = float(state["last_lr"])
         self.first_bad_step.fill_(int(state["first_bad_step"]))
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.optimizer.defaults.get("fused"):
+            # A fused optimiser's rates are device tensors; a checkpoint read onto the CPU
+            # (or saved by a foreach run) brings them back elsewhere, or as floats.
+            device = self.optimizer.param_groups[0]["params"][0].device
+            for group in self.optimizer.param_groups:
+                group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32, device=device)
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
