@@ -114,8 +114,16 @@ def counters_and_model(device: Any) -> dict[str, Any]:
     count = count_train_step(shape, dtype, channels_last)
     compiled_model = cases.STEP_COMPILED_BYTES.get((shape.label, str(dtype), channels_last))
     compiled_augment = cases.augment_bytes_for(RECIPE_BATCH, dtype).get("compile", (None, ""))[0]
-    ops, per_backend, not_modelled = {}, {}, {}
+    ops, per_backend, not_modelled, launches = {}, {}, {}, {}
     for backend in ("eager", "compile", "triton"):
+        counted_launches = count.launches(backend)
+        if counted_launches is None:
+            cases.not_measured(
+                f"kernel launches per step, {backend}",
+                "what Inductor fuses is only known from its GPU code (gpu-check profiles it)",
+            )
+        else:
+            launches[backend] = counted_launches
         backend_ops, how = step_ops(
             count,
             backend,
@@ -145,7 +153,8 @@ def counters_and_model(device: Any) -> dict[str, Any]:
             }
             for g in roofline.GPUS
         ],
-        "rows": roofline.roofline_table(ops, steps),
+        "host_us_per_launch": roofline.HOST_US_PER_LAUNCH,
+        "rows": roofline.roofline_table(ops, steps, launches=launches),
         "not_modelled": not_modelled,
     }
     # One conv layer by hand: layer1's 3×3 conv, 64→128 channels at 32×32, batch 512.
@@ -159,6 +168,7 @@ def counters_and_model(device: Any) -> dict[str, Any]:
         "configuration": model["configuration"],
         "flops_per_step": count.flops,
         "bytes_per_step": per_backend,
+        "launches_per_step": launches,
         "eager_bytes_by_phase": count.phases,
         "conv_check": {
             "layer": "layer1 conv 3×3 64→128 at 32×32, batch 512",
@@ -167,6 +177,56 @@ def counters_and_model(device: Any) -> dict[str, Any]:
         },
         "seconds": time.perf_counter() - start,
         "roofline": model,
+        "recipes": recipe_models(),
+    }
+
+
+#: The recipes the model compares with their sources' measured times: (name, preset or None
+#: for the seed's final recipe, the source's own figure as published).
+MODELLED_RECIPES: tuple[tuple[str, str | None, str], ...] = (
+    ("final (seed)", None, "26 s on a V100 (the seed, 10 epochs)"),
+    ("airbench94", "airbench94", "3.29 s on an A100 (airbench94, TTA evaluation included)"),
+    ("airbench94-muon", "airbench94-muon", "2.59 s on an A100"),
+    ("speedrun-2025", "speedrun-2025", "2.015 s on an A100 (locked clocks)"),
+)
+
+
+def recipe_models() -> dict[str, Any]:
+    """The roofline MODEL of each recipe's whole training run at its own batch and epochs, per
+    GPU and backend, beside the time its source measured (labelled as the source's)."""
+    import math
+
+    import torch
+
+    from bench import roofline
+    from bench.shapes import StepShape
+    from bench.workloads import count_train_step, step_ops, train_config
+    from train.presets import preset_config
+
+    rows = []
+    for name, preset, published in MODELLED_RECIPES:
+        batch = 512 if preset is None else preset_config(preset).batch_size
+        shape = StepShape(1.0, batch, preset)
+        config = train_config(shape)
+        count = count_train_step(shape, torch.float16, True)
+        steps = math.ceil(config.epochs * (50_000 // config.batch_size))
+        ops = {b: step_ops(count, b)[0] for b in ("eager", "triton")}
+        launches = {b: count.launches(b) for b in ops}
+        for r in roofline.roofline_table(ops, steps, launches=launches):
+            r.update(
+                recipe=name,
+                batch=config.batch_size,
+                epochs=config.epochs,
+                gflop_per_image=count.flops / config.batch_size / 1e9,
+                per_ten_epochs_s=r["ten_epochs_s"] * 10 / config.epochs,
+                published=published,
+            )
+            rows.append(r)
+    return {
+        "label": roofline.LABEL,
+        "what": "each recipe's training steps at its own batch and epochs (evaluation, "
+        "compile and data loading excluded), fp16 autocast, channels_last",
+        "rows": rows,
     }
 
 
@@ -274,8 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  FLOPs (FlopCounterMode): {counters['flops_per_step'] / 1e12:.3f} TFLOP")
     for backend, entry in counters["bytes_per_step"].items():
         print(f"  bytes, {backend}: {entry['bytes'] / 1e9:.3f} GB  ({entry['how']})")
+    for backend, entry in counters["launches_per_step"].items():
+        print(
+            f"  kernel launches, {backend}: {entry['uncaptured']:.1f} op by op, "
+            f"{entry['graphed']:.1f} with the step in a CUDA graph"
+        )
     print()
     print(report.format_roofline(counters["roofline"]))
+    print()
+    print(report.format_recipe_models(counters["recipes"]))
     if aot["table"]:
         print("\nstatic kernel report (ahead-of-time compile, no GPU involved):")
         print(aot["table"])

@@ -38,7 +38,15 @@ import kernels
 from bench import baselines
 from bench.counters import count_bytes, gbps, inductor_graph_bytes
 from bench.shapes import AugmentShape, BNSite, StepShape
-from bench.timing import Samples, Timed, TimingPlan, compare, device_name, rotation_count
+from bench.timing import (
+    Samples,
+    Timed,
+    TimingPlan,
+    compare,
+    device_name,
+    host_seconds,
+    rotation_count,
+)
 from bench.workloads import (
     STEPS_PER_EPOCH,
     count_train_step,
@@ -50,6 +58,8 @@ from bench.workloads import (
     triton_ghost_bn_act_bytes,
 )
 from train.config import CIFAR10_MEAN, CIFAR10_STD
+from train.graphs import GraphCaptureError
+from train.runtime import Runtime
 
 __all__ = [
     "Candidate",
@@ -123,6 +133,7 @@ class Candidate:
     bytes: int | None = None  # counted bytes per call
     bytes_how: str = ""
     first_call_s: float | None = None  # the first call, compile included
+    host_s: float | None = None  # host time per call on a GPU (bench.timing.host_seconds)
 
 
 @dataclass
@@ -137,6 +148,7 @@ class Comparison:
     device: torch.device
     candidates: dict[str, Candidate]
     skipped: dict[str, str] = field(default_factory=dict)  # candidate -> reason
+    failed: dict[str, str] = field(default_factory=dict)  # candidate -> what went wrong
     flops: int | None = None
     agreement: dict[str, float] = field(default_factory=dict)  # candidate -> scaled error
     extra: dict[str, Any] = field(default_factory=dict)
@@ -191,6 +203,7 @@ class Result:
             "speedup_vs_eager": self.speedup_vs_eager,
             "speedup_vs_compile": self.speedup_vs_compile,
             "first_call_s": cand.first_call_s,
+            "host_s": cand.host_s,
             "agreement_error": c.agreement.get(self.backend),
             "agreement_tolerance": tolerance(c.dtype),
             "threads": torch.get_num_threads(),
@@ -837,6 +850,11 @@ def step_comparison(
         elif backend == "triton":
             cand.bytes, cand.bytes_how = triton_step_bytes(count)
         comp.candidates[backend] = cand
+        if device.type == "cuda":
+            cand.host_s = host_seconds(fn, device)
+            _add_graphed_step(comp, shape, backend, rt, check_batch, batches)
+        else:
+            comp.skipped[f"{backend}+graphs"] = "CUDA graphs need a CUDA device"
     if "eager" in steps:
         for backend, step in steps.items():
             if backend != "eager":
@@ -845,6 +863,35 @@ def step_comparison(
                     _scaled_error(losses[backend], losses["eager"]),
                 )
     return comp
+
+
+def _add_graphed_step(
+    comp: Comparison,
+    shape: StepShape,
+    backend: str,
+    runtime: Runtime,
+    check_batch: tuple[torch.Tensor, torch.Tensor],
+    batches: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    """The candidate ``<backend>+graphs``: the same step captured in a CUDA graph. Its
+    agreement error is how far a replay lands from an uncaptured step on the same batch and
+    state (:meth:`train.step.TrainStep.check_capture`); a capture that fails is a failed
+    check with its reason (the trainer would fall back to uncaptured steps)."""
+    name = f"{backend}+graphs"
+    step = make_train_step(shape, backend, runtime, seed=0, graphs="on")
+    step.steps = 2 * STEPS_PER_EPOCH
+    step(*check_batch)  # the optimiser's state, before the capture
+    try:
+        step.check_capture(*batches())
+    except GraphCaptureError as error:
+        comp.failed[name] = str(error)
+        return
+
+    def fn(s=step):
+        return s(*batches())
+
+    comp.candidates[name] = Candidate(fn, host_s=host_seconds(fn, runtime.device))
+    comp.agreement[name] = step.replay_gap
 
 
 def triton_step_bytes(count: Any) -> tuple[int, str]:

@@ -106,6 +106,8 @@ def run_candidate(benchmark: Any, comparison: Any, backend: str, settings: Bench
     samples and extra_info to pytest-benchmark."""
     from bench.cases import measure, tolerance
 
+    if backend in comparison.failed:
+        pytest.fail(f"{comparison.key}: {backend}: {comparison.failed[backend]}")
     if backend in comparison.skipped:
         pytest.skip(f"{backend}: {comparison.skipped[backend]}")
     if backend not in comparison.candidates:

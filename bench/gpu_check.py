@@ -15,11 +15,15 @@ stage that fails is recorded and the next one runs:
 2. ``kernels``  every ``gpu``-marked kernel test case compiled on CUDA (no interpreter), the
                ``opcheck`` cases included (``TRITON_INTERPRET=0 pytest -m gpu``);
 3. ``bench``    ``python -m bench``: one training step per backend on the same batch, checked
-               to agree, then timed (median of CUDA events); every fused op against eager and
-               ``torch.compile`` with GB/s; the launch and byte counts, the roofline model and
-               the ahead-of-time kernel report;
-4. ``train-*``  each recipe of :data:`RECIPES`, ``--runs`` times, timed as the seed counted
-               (``python -m train --json``); skipped, and said so, without a data set.
+               to agree, then timed (median of CUDA events) with its host time per step,
+               and again captured in a CUDA graph (``<backend>+graphs``: a replay checked
+               against an uncaptured step); every fused op against eager and
+               ``torch.compile`` with GB/s; the launch and byte counts and the roofline model
+               (the ahead-of-time kernel report is CI's: ``--no-aot`` here);
+4. ``train-*``  each recipe of ``--recipes`` (default :data:`DEFAULT_RECIPES`: the seed's
+               final recipe and the fastest one known here), ``--runs`` times, timed as the
+               seed counted (``python -m train --json``); skipped, and said so, without a
+               data set.
 
 Then ``summary.json`` and ``summary.md`` (device, driver, versions, every stage's exit code
 and time, the kernel test counts, the bench rows, the training figures, what failed). Exit
@@ -42,12 +46,15 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
-#: The recipes trained, each as (name, extra flags for python -m train). A later recipe is
-#: one more entry here; the stage of each is ``train-NAME``.
-RECIPES: list[tuple[str, list[str]]] = [("final", [])]
+#: The recipes ``gpu-check`` trains by default: the seed's final recipe (``final``, the
+#: trainer's defaults) and the fastest recipe this project knows (the last preset of the
+#: second ladder). ``--recipes`` takes any preset names (``--list-presets``); the stage of
+#: each is ``train-NAME``.
+DEFAULT_RECIPES = ("final", "speedrun-2025")
 
-#: Seconds each stage may take on a GPU (the whole must fit the 8-minute promise).
-GPU_LIMITS = {"data": 60, "kernels": 150, "bench": 150, "train": 150}
+#: Seconds each stage may take on a GPU (the whole must fit the 8-minute promise, with the
+#: default two recipes).
+GPU_LIMITS = {"data": 45, "kernels": 135, "bench": 120, "train": 90}
 #: The same plan on the CPU, sized so that a CI test can walk it.
 DRY_RUN_LIMITS = {"data": 120, "kernels": 600, "bench": 900, "train": 900}
 DRY_RUN_TRAIN_FLAGS = [
@@ -99,6 +106,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--runs", type=int, default=3, help="training runs per recipe (default 3)")
     p.add_argument(
+        "--recipes",
+        default=",".join(DEFAULT_RECIPES),
+        help="comma-separated recipes to train: 'final' (the defaults) or preset names "
+        f"(default {','.join(DEFAULT_RECIPES)})",
+    )
+    p.add_argument(
         "--data-dir",
         default=None,
         help="CIFAR-10 (any form python -m train takes) or a carried cifar10-carry folder "
@@ -113,6 +126,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="walk the same plan on the CPU at tiny sizes (tests this script; no GPU figures)",
     )
     return p.parse_args(argv)
+
+
+def recipe_names(args: argparse.Namespace) -> list[str]:
+    """The recipes ``--recipes`` names, checked against the presets (exit 2 otherwise)."""
+    from train.presets import PRESETS
+
+    names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    unknown = [n for n in names if n != "final" and n not in PRESETS]
+    if not names or unknown:
+        _fail_usage(
+            f"--recipes {args.recipes!r}: unknown recipe {', '.join(unknown) or '(none given)'}; "
+            "use 'final' or preset names (python -m train --list-presets)"
+        )
+    return names
 
 
 def _fail_usage(message: str) -> None:
@@ -165,10 +192,11 @@ def make_plan(args: argparse.Namespace, out: Path, data: Path | None, carried: b
     bench = [py, "-m", "bench", "--out", str(out / "bench")]
     if args.dry_run:
         bench += ["--quick", "--no-aot", "--budget", "0.05", "-k", "augment and eager"]
-    else:
-        bench += ["--budget", "1"]
+    else:  # the ahead-of-time report needs no GPU: CI compiles it
+        bench += ["--budget", "1", "--no-aot"]
     stages.append(Stage("bench", bench, limits["bench"], env={"TRITON_INTERPRET": "0"}))
-    for name, flags in RECIPES:
+    for name in recipe_names(args):
+        flags = [] if name == "final" else ["--preset", name]
         command = [py, "-m", "train", *flags, "--runs", str(args.runs)]
         command += ["--json", str(out / f"train-{name}.json"), "--no-download"]
         command += DRY_RUN_TRAIN_FLAGS if args.dry_run else ["--device", "cuda"]
@@ -289,6 +317,7 @@ def bench_figures(folder: Path) -> dict[str, Any] | None:
         "speedup_vs_eager",
         "speedup_vs_compile",
         "agreement_error",
+        "host_s",
     )
     return {
         "rows": [{k: row.get(k) for k in keep} for row in summary.get("results", [])],
@@ -323,7 +352,7 @@ def summarize(
         "stages": [asdict(r) for r in results],
         "kernel_tests": kernel_counts(out / "kernels.xml"),
         "bench": bench_figures(out / "bench"),
-        "train": {name: train_figures(out / f"train-{name}.json") for name, _ in RECIPES},
+        "train": {name: train_figures(out / f"train-{name}.json") for name in recipe_names(args)},
         "failed": [f"{r.name}: {r.status} ({r.detail})" for r in failed],
         "passed": not failed,
     }
@@ -358,14 +387,14 @@ def markdown(summary: dict[str, Any]) -> str:
     if bench and bench["rows"]:
         lines += [
             "",
-            "| op | backend | shape | median ms | GB/s | vs eager | vs compile |",
-            "|---|---|---|---|---|---|---|",
+            "| op | backend | shape | median ms | host ms | GB/s | vs eager | vs compile |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in bench["rows"]:
             lines.append(
                 f"| {r['op']} | {r['backend']} | {r['shape']} | {_num(r['median_s'], 1e3)} | "
-                f"{_num(r['gbps'])} | {_num(r['speedup_vs_eager'])} | "
-                f"{_num(r['speedup_vs_compile'])} |"
+                f"{_num(r.get('host_s'), 1e3)} | {_num(r['gbps'])} | "
+                f"{_num(r['speedup_vs_eager'])} | {_num(r['speedup_vs_compile'])} |"
             )
     for name, figures in summary["train"].items():
         if figures and figures["summary"]:
@@ -384,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.runs < 1:
         _fail_usage(f"--runs must be at least 1; got {args.runs}")
+    recipe_names(args)  # an unknown recipe: one line, before any work
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():

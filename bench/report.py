@@ -153,8 +153,14 @@ def format_roofline(roofline: dict[str, Any]) -> str:
             f"{r['flops_per_step'] / 1e12:.3f}",
             f"{r['memory_bound_ms']:.2f}",
             f"{r['math_bound_ms']:.2f}",
+            "-" if r.get("launches_per_step") is None else f"{r['launches_per_step']:.0f}",
+            f"{r.get('host_ms', 0.0):.2f}",
+            "-"
+            if r.get("breakeven_us_per_launch") is None
+            else f"{r['breakeven_us_per_launch']:.1f}",
             f"{r['step_ms']:.2f}",
             f"{r['ten_epochs_s']:.2f}",
+            f"{r.get('uncaptured_ten_epochs_s', r['ten_epochs_s']):.2f}",
         )
         for r in roofline["rows"]
     ]
@@ -167,8 +173,12 @@ def format_roofline(roofline: dict[str, Any]) -> str:
                 "TFLOP/step",
                 "bytes/BW ms",
                 "flops/peak ms",
-                "MODEL step ms",
-                "MODEL 10 epochs s",
+                "launches",
+                "host ms",
+                "host-bound above µs/launch",
+                "MODEL step ms (graph)",
+                "MODEL 10 epochs s (graph)",
+                "MODEL 10 epochs s (no graph)",
             ),
             pred,
         )
@@ -179,3 +189,43 @@ def format_roofline(roofline: dict[str, Any]) -> str:
     out.append("assumptions:")
     out += [f"  - {a}" for a in roofline["assumptions"]]
     return "\n".join(out)
+
+
+def format_recipe_models(recipes: dict[str, Any]) -> str:
+    """The MODEL of each recipe's run beside its source's measured time (labelled)."""
+    rows = [
+        (
+            r["recipe"],
+            str(r["batch"]),
+            f"{r['epochs']:g}",
+            f"{r['gflop_per_image']:.3f}",
+            r["gpu"],
+            r["backend"],
+            f"{r['bytes_per_step'] / 1e9:.2f}",
+            "-" if r["launches_per_step"] is None else f"{r['launches_per_step']:.0f}",
+            "no" if r["graphed_launches_per_step"] is None else "yes",
+            f"{r['step_ms']:.2f}",
+            f"{r['ten_epochs_s']:.2f}",
+            f"{r['per_ten_epochs_s']:.2f}",
+            r["published"] if r["gpu"].startswith("A100") else "",
+        )
+        for r in recipes["rows"]
+    ]
+    header = (
+        "recipe",
+        "batch",
+        "epochs",
+        "GFLOP/img",
+        "GPU",
+        "backend",
+        "GB/step",
+        "launches",
+        "graph",
+        "MODEL step ms",
+        "MODEL run s",
+        "MODEL per 10 epochs s",
+        "the source's own measured time (not ours)",
+    )
+    return "\n".join(
+        [f"=== {recipes['label']}: the recipes ===", _render(header, rows), recipes["what"]]
+    )

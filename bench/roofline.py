@@ -8,14 +8,21 @@ the GPU's published peak rates below.
 The model, per op ``i`` of one step::
 
     t_i = max(bytes_i / peak_bandwidth, flops_i / peak_tensor_flops)
-    step = Σ_i t_i            10 epochs = 10 × 97 steps × step
+    device = Σ_i t_i          host = launches × HOST_US_PER_LAUNCH
+    step = max(device, host)  10 epochs = 10 × 97 steps × step
+
+The host runs ahead of the device while it launches faster than the device works; once it
+is slower, the step waits for it. Launches per step are counted per backend
+(:meth:`bench.workloads.StepCount.launches`), uncaptured and with the step in a CUDA graph
+(one replay plus the copies and fills around it, :func:`bench.workloads.graphed_launches`).
 
 Assumptions (printed with every prediction):
   * 100 % of the datasheet's peak bandwidth and dense fp16/bf16 tensor rate — an optimistic
     bound; real kernels reach less (roughly 70–90 % of bandwidth for streaming kernels, and
     less than half the tensor peak for these small convolutions);
-  * no kernel-launch or Python overhead, no overlap between ops, no cache reuse between
-    ops (each op reads its inputs from DRAM);
+  * a fixed host cost per kernel launch (:data:`HOST_US_PER_LAUNCH`, an assumption), no
+    other Python overhead, no overlap between ops, no cache reuse between ops (each op reads
+    its inputs from DRAM);
   * every matmul/conv FLOP runs on tensor cores in fp16/bf16; other FLOPs are ignored
     (elementwise work is bandwidth-bound here);
   * the step includes the augmentation of its batch and the EMA update every 5 steps;
@@ -27,15 +34,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["GPU", "GPUS", "predict_step", "roofline_table", "ASSUMPTIONS", "LABEL"]
+__all__ = [
+    "GPU",
+    "GPUS",
+    "HOST_US_PER_LAUNCH",
+    "predict_step",
+    "roofline_table",
+    "ASSUMPTIONS",
+    "LABEL",
+]
 
 LABEL = "MODEL (roofline prediction from counted bytes and FLOPs; not a measurement)"
+
+#: ASSUMED host time per kernel launched from eager PyTorch: ATen dispatch from Python plus
+#: the driver's launch call. Not measured by this project (no GPU yet); ``gpu-check``
+#: measures the host time per step with the profiler, which replaces this figure.
+HOST_US_PER_LAUNCH = 5.0
 
 ASSUMPTIONS = (
     "t_op = max(bytes/peak_bandwidth, flops/peak_tensor_flops) per op, summed over the ops "
     "of one step (serial, no overlap, no cache reuse between ops)",
     "100% of the datasheet peaks (an optimistic bound: no efficiency factor)",
-    "no kernel-launch, Python or synchronisation overhead",
+    f"host: {HOST_US_PER_LAUNCH:g} µs per kernel launch (ASSUMED, not measured); step = "
+    "max(device time, launches × that); launches counted per step, uncaptured and in a CUDA "
+    "graph; no other Python or synchronisation overhead",
     "FLOPs: convolutions and matmuls only (FlopCounterMode), all at the dense fp16/bf16 "
     "tensor-core rate",
     "bytes: counted per backend in the trainer's GPU configuration (fp16 autocast, "
@@ -110,23 +132,57 @@ def predict_step(ops: list[tuple[int, int]], gpu: GPU) -> dict[str, float]:
 
 
 def roofline_table(
-    per_backend_ops: dict[str, list[tuple[int, int]]], steps: int, gpus: tuple[GPU, ...] = GPUS
+    per_backend_ops: dict[str, list[tuple[int, int]]],
+    steps: int,
+    gpus: tuple[GPU, ...] = GPUS,
+    launches: dict[str, dict[str, float | None]] | None = None,
+    host_us_per_launch: float = HOST_US_PER_LAUNCH,
 ) -> list[dict[str, Any]]:
-    """One row per (GPU, backend): predicted step and ``steps``-step times (the MODEL)."""
+    """One row per (GPU, backend): predicted step and ``steps``-step times (the MODEL).
+
+    ``launches[backend]``: ``{"uncaptured": n, "graphed": m}`` kernel launches per step
+    (fractions: an update every k steps counts 1/k; ``graphed`` None: the step cannot be
+    captured, so it runs uncaptured). A backend without counts is modelled
+    with no host time (and says so: ``launches_per_step`` None). ``step_ms`` and
+    ``ten_epochs_s`` are the step as the trainer runs it on a GPU, in a CUDA graph;
+    ``uncaptured_*`` the same step launched op by op. ``host_bound`` says whether the host's
+    launches, not the device, set the uncaptured step's time."""
     rows = []
     for gpu in gpus:
         for backend, ops in per_backend_ops.items():
             p = predict_step(ops, gpu)
+            device_ms = p["step_s"] * 1e3
+            counts = (launches or {}).get(backend)
+            uncaptured = counts["uncaptured"] if counts else None
+            graphed = counts["graphed"] if counts else None
+            host_ms = (uncaptured or 0.0) * host_us_per_launch / 1e3
+            uncaptured_ms = max(device_ms, host_ms)
+            if counts and graphed is None:  # a step that cannot be captured
+                step_ms = uncaptured_ms
+            else:
+                step_ms = max(device_ms, (graphed or 0.0) * host_us_per_launch / 1e3)
             rows.append(
                 {
                     "gpu": gpu.name,
                     "backend": backend,
                     "bytes_per_step": p["bytes"],
                     "flops_per_step": p["flops"],
-                    "step_ms": p["step_s"] * 1e3,
+                    "device_ms": device_ms,
                     "memory_bound_ms": p["memory_s"] * 1e3,
                     "math_bound_ms": p["math_s"] * 1e3,
-                    "ten_epochs_s": p["step_s"] * steps,
+                    "launches_per_step": uncaptured,
+                    "graphed_launches_per_step": graphed,
+                    "host_ms": host_ms,
+                    "step_ms": step_ms,
+                    "ten_epochs_s": step_ms * steps / 1e3,
+                    "uncaptured_step_ms": uncaptured_ms,
+                    "uncaptured_ten_epochs_s": uncaptured_ms * steps / 1e3,
+                    "host_bound": host_ms > device_ms,
+                    # The host cost per launch above which the uncaptured step waits for
+                    # the host: what a CUDA graph protects against.
+                    "breakeven_us_per_launch": (
+                        device_ms * 1e3 / uncaptured if uncaptured else None
+                    ),
                     "steps": steps,
                     "kind": "model",
                 }

@@ -109,14 +109,17 @@ class AugmentShape:
 
 @dataclass(frozen=True)
 class StepShape:
-    """A whole training step: the model's width and the batch."""
+    """A whole training step: the recipe (a preset name; None: the seed's final recipe,
+    ResNet9), the model's width and the batch."""
 
     width: float
     batch: int
+    preset: str | None = None
 
     @property
     def label(self) -> str:
-        return f"w{self.width:g}-b{self.batch}"
+        size = f"w{self.width:g}-b{self.batch}"
+        return size if self.preset is None else f"{self.preset}-{size}"
 
 
 def bn_sites(batch: int = RECIPE_BATCH, width: float = 1.0) -> list[BNSite]:

@@ -13,6 +13,8 @@ from bench.conftest import run_candidate, settings_from
 from bench.shapes import QUARTER, RECIPE_BATCH, StepShape
 
 BACKENDS = ("eager", "compile", "triton")
+#: The same steps captured in CUDA graphs (on a GPU; skipped with the reason elsewhere).
+GRAPHED = tuple(f"{b}+graphs" for b in BACKENDS)
 #: The CPU-sized step: quarter width, batch 64 (a fraction of a second on 2 cores).
 CPU_STEP = StepShape(QUARTER, 64)
 
@@ -43,7 +45,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("step_shape", shapes, ids=[x.label for x in shapes])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS + GRAPHED)
 def test_train_step(benchmark, settings, step_shape, backend):
     comparison = cached(
         f"step/{step_shape.label}", lambda: step_comparison(step_shape, settings.device, BACKENDS)

@@ -257,6 +257,23 @@ def _compare_gpu(
 # ------------------------------------------------------------------------------------------
 
 
+def host_seconds(fn: Callable[[], Any], device: torch.device, calls: int = 15) -> float:
+    """Median host time of one call of ``fn`` on a GPU: from an idle device (synchronised
+    before each call, so nothing queued can make the host wait) to the call's return. That
+    is the time the host needs to issue the call's work; while it stays under the device's
+    time per call, the host runs ahead. (Measured directly rather than with the profiler,
+    whose per-op records would add to the very time being measured.)"""
+    fn()
+    seconds = []
+    for _ in range(calls):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    _sync(device)
+    return quantile(seconds, 0.5)
+
+
 def cache_bytes(device: torch.device) -> int:
     """The last-level cache that rotating inputs must defeat: the GPU's L2, or the CPU's L3
     (read from sysfs; 32 MiB when it cannot be read)."""

@@ -21,7 +21,7 @@ from torch import nn
 from bench.counters import ByteCounter, autograd_nodes_between, count_flops
 from bench.shapes import GHOST_BATCH, StepShape
 from kernels import augment_bytes, ghost_bn_act_bytes
-from model.resnet9 import ResNet9
+from train.build import build_optimizer
 from train.config import CIFAR10_MEAN, CIFAR10_STD, TrainConfig
 from train.runtime import Runtime, compiles_model
 from train.step import TrainStep
@@ -42,6 +42,25 @@ __all__ = [
 
 #: Steps in one epoch of the recipe (50,000 images, batch 512, last partial batch dropped).
 STEPS_PER_EPOCH = 50_000 // 512
+
+
+def steps_per_epoch(shape: StepShape) -> int:
+    """Steps of one epoch over the 50,000 training images at ``shape.batch`` (drop last)."""
+    return 50_000 // shape.batch
+
+
+#: Triton launches of one fused op as the trainer calls it (training, with a gradient): the
+#: ghost-BN forward (statistics, finalize, normalise) and backward (reduce, finalize, dx), and
+#: the augmentation. ``tests/test_launch.py`` counts the real launches against these.
+TRITON_LAUNCHES = {"bn_fwd": 3, "bn_bwd": 3, "augment": 1}
+
+
+def graphed_launches(param_groups: int, ema_every: int) -> float:
+    """Host launches of one step replayed from a CUDA graph (:class:`train.step.TrainStep`):
+    the batch and labels copied into the static buffers, each parameter group's learning
+    rate filled, the step graph's replay, and the weight-average graph's replay every
+    ``ema_every`` steps. ``tests/test_graphs.py`` counts them on a captured step."""
+    return 2 + param_groups + 1 + 1 / ema_every
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -65,7 +84,12 @@ def runtime_for(
 
 
 def train_config(shape: StepShape) -> TrainConfig:
-    """The recipe's settings at ``shape``'s width and batch (ghost splits of 32 images)."""
+    """The recipe's settings at ``shape``'s width and batch: the seed's final recipe (ghost
+    splits of 32 images) or ``shape.preset``'s."""
+    if shape.preset is not None:
+        from train.presets import preset_config
+
+        return preset_config(shape.preset, width=shape.width, batch_size=shape.batch)
     return TrainConfig(
         width=shape.width,
         batch_size=shape.batch,
@@ -73,32 +97,51 @@ def train_config(shape: StepShape) -> TrainConfig:
     )
 
 
-def _whitening_filters(seed: int = 0) -> torch.Tensor:
-    # Any finite filters time the same; these have the scale of real whitening filters.
+def _whitening_filters(config: TrainConfig, seed: int = 0) -> torch.Tensor:
+    """Random filters shaped like the network's whitening filters (any finite filters time
+    the same; these have their scale): ResNet9's 27 of 3×3, airbench's k×k eigenfilters and
+    their negations (24 of 2×2)."""
+    k = config.whitening_patch_size
+    count = 3 * k * k * (2 if config.network == "airbench" else 1)
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(27, 3, 3, 3, generator=g) / 27**0.5
+    return torch.randn(count, 3, k, k, generator=g) / (3 * k * k) ** 0.5
 
 
-def build_model(shape: StepShape, backend: str, runtime: Runtime, seed: int = 0) -> ResNet9:
-    """ResNet9 at ``shape.width`` for ``backend`` on the runtime's device, whitening set."""
-    from train.trainer import model_config
+def build_model(shape: StepShape, backend: str, runtime: Runtime, seed: int = 0) -> nn.Module:
+    """The recipe's network at ``shape.width`` for ``backend`` on the runtime's device,
+    whitening set."""
+    from train.build import build_network
 
+    config = train_config(shape)
     torch.manual_seed(seed)
-    model = ResNet9(model_config(train_config(shape), backend))
-    model.set_whitening(_whitening_filters(seed))
+    model = build_network(config, backend)
+    if config.whitening:
+        model.set_whitening(_whitening_filters(config, seed))
     model = model.to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model.train()
 
 
-def make_train_step(shape: StepShape, backend: str, runtime: Runtime, seed: int = 0) -> TrainStep:
+def make_train_step(
+    shape: StepShape, backend: str, runtime: Runtime, seed: int = 0, graphs: str = "off"
+) -> TrainStep:
     """The trainer's step for ``backend``: like :class:`train.trainer.Trainer`, the whole
     model is wrapped in ``torch.compile`` for ``compile``, and for ``triton`` on a GPU (the
-    Triton ops are custom ops the compiler calls as they are)."""
+    Triton ops are ``triton_op``s whose kernels the compiled graph launches itself).
+    ``graphs``: ``"on"`` to capture the step in a CUDA graph (see
+    :meth:`train.step.TrainStep.check_capture`)."""
     model = build_model(shape, backend, runtime, seed)
     forward = torch.compile(model) if compiles_model(backend, runtime.device) else model
-    return TrainStep(model, forward, train_config(shape), runtime, steps_per_epoch=STEPS_PER_EPOCH)
+    return TrainStep(
+        model,
+        forward,
+        train_config(shape),
+        runtime,
+        steps_per_epoch=steps_per_epoch(shape),
+        graphs=graphs,
+        capture_after=10**9,  # the bench captures explicitly, checked against a replay
+    )
 
 
 def step_inputs(
@@ -144,6 +187,8 @@ class StepCount:
     ema_every: int
     phases: dict[str, dict[str, int]]
     flops: int  # FlopCounterMode, one step
+    param_groups: int = 2  # the optimiser's groups (one learning-rate fill each)
+    capturable: bool = True  # False: a host-float rate (Muon) keeps the step out of graphs
     bn_sites: list[dict[str, Any]] = field(default_factory=list)
     records: list[Any] = field(default_factory=list, repr=False)
 
@@ -168,6 +213,34 @@ class StepCount:
 
     def bn_bytes(self) -> int:
         return self.bytes_where(lambda p: p.startswith("bn_"))
+
+    def launches(self, backend: str) -> dict[str, float | None] | None:
+        """Kernel launches of an average step on ``backend``: ``uncaptured`` (op by op) and
+        ``graphed`` (in a CUDA graph; None when the step cannot be captured: Muon's rate is
+        a host float); None where this count cannot say (``compile``: what
+        Inductor fuses on a GPU is only known there; ``gpu-check`` profiles it).
+
+        One launch per counted op (an op that moves bytes or does FLOPs; a foreach or fused
+        optimiser op counts once); the EMA update at 1/ema_every. ``triton``: the BN sites'
+        and the augmentation's ops replaced by their kernels' launches
+        (:data:`TRITON_LAUNCHES`); the rest as eager ops — an upper bound, since on a GPU
+        the trainer also compiles the network around the kernels."""
+        graphed = graphed_launches(self.param_groups, self.ema_every) if self.capturable else None
+
+        def average(records: list[Any]) -> float:
+            return sum(1 / self.ema_every if r.phase == "ema" else 1 for r in records)
+
+        if backend == "eager":
+            return {"uncaptured": average(self.records), "graphed": graphed}
+        if backend == "triton":
+            rest = [
+                r for r in self.records if not r.phase.startswith("bn_") and r.phase != "augment"
+            ]
+            kernels = len(self.bn_sites) * (TRITON_LAUNCHES["bn_fwd"] + TRITON_LAUNCHES["bn_bwd"])
+            if "augment" in self.phases:
+                kernels += TRITON_LAUNCHES["augment"]
+            return {"uncaptured": average(rest) + kernels, "graphed": graphed}
+        return None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -253,14 +326,24 @@ def count_train_step(
     ]
     for i, site in enumerate(sites):
         hooks += [site.register_forward_pre_hook(bn_pre(i)), site.register_forward_hook(bn_post(i))]
+    # The GPU's optimiser: fused SGD with tensor rates (one op per group), built outside the
+    # fake mode (its constructor reads the rate's value).
+    fused_optimizer = build_optimizer(model, config, fused=True)
+    for group in fused_optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"] = mode.from_tensor(group["lr"])
     try:
         with mode:
-            step = TrainStep(model, model, config, runtime, steps_per_epoch=STEPS_PER_EPOCH)
+            step = TrainStep(model, model, config, runtime, steps_per_epoch=steps_per_epoch(shape))
+            step.optimizer = fused_optimizer
             opt = step.optimizer
-            hooks += [
-                opt.register_step_pre_hook(lambda *a: setattr(counter, "phase", "optimizer")),
-                opt.register_step_post_hook(lambda *a: setattr(counter, "phase", "other")),
-            ]
+            optimizer_step = opt.step  # Muon + SGD is a combined optimiser without hooks
+
+            def counted_step(*args: Any, **kwargs: Any) -> Any:
+                with counter.in_phase("optimizer"):
+                    return optimizer_step(*args, **kwargs)
+
+            opt.step = counted_step  # this instance only
             if step.ema is not None:
                 update = step.ema.update
 
@@ -270,11 +353,20 @@ def count_train_step(
 
                 step.ema.update = ema_update  # this instance only
                 step.steps = step.ema_every - 1  # the counted step runs the EMA
+            if step.lookahead is not None:  # the same phase: a periodic average, every k
+                pull = step.lookahead.after_step
+
+                def lookahead_step(t: int) -> None:
+                    with counter.in_phase("ema"):
+                        pull(t)
+
+                step.lookahead.after_step = lookahead_step
+                step.steps = step.lookahead.every - 1
             images = torch.empty(shape.batch * 2, 3, 32, 32, dtype=torch.uint8)
             labels = torch.empty(shape.batch * 2, dtype=torch.int64)
             indices = torch.arange(shape.batch)
             crop, flip, cutout = random_augment_params(
-                shape.batch, pad=config.pad, cutout_size=config.cutout, flip=config.flip
+                shape.batch, pad=config.pad, cutout_size=config.cutout, flip=bool(config.flip)
             )
             with counter:
                 if augment:
@@ -315,9 +407,11 @@ def count_train_step(
         shape=shape,
         dtype=str(dtype).replace("torch.", ""),
         channels_last=channels_last,
-        ema_every=config.ema_every,
+        ema_every=config.lookahead_every if config.lookahead else config.ema_every,
         phases=phases,
         flops=flops,
+        param_groups=len(step.optimizer.param_groups),
+        capturable=config.optimizer != "muon",
         bn_sites=site_info,
         records=counter.records,
     )

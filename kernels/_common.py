@@ -54,6 +54,38 @@ else:  # pragma: no cover - triton is Linux-only; the kernels are then never lau
     tl = SimpleNamespace(constexpr=int)
 
 
+def registers_triton_ops() -> bool:
+    """Whether the kernel ops are ``torch.library.triton_op``s (compiled, on a GPU) rather
+    than opaque ``custom_op``s (under the interpreter). See :func:`register_kernel_op`."""
+    return not interpreting() and triton_available()
+
+
+def register_kernel_op(
+    name: str,
+    impl: Callable[..., Any],
+    *,
+    mutates_args: Iterable[str],
+    schema: str | None = None,
+) -> Any:
+    """Register ``impl`` as the op ``cifar_kernels::<name>`` and return its ``CustomOpDef``
+    (``register_fake`` and ``register_autograd`` work on either kind).
+
+    With compiled kernels: a ``torch.library.triton_op``. ``torch.compile`` traces into
+    ``impl``, sees each launch (``wrap_triton``, in :mod:`kernels._launch`) and launches the
+    kernels from its own generated code: no dispatcher round trip per call and no opaque
+    boundary in the graph. Called outside a compiled graph it runs ``impl`` directly. Its
+    schema comes from ``impl``'s type hints.
+
+    Under the interpreter: a ``torch.library.custom_op`` with ``schema``. Interpreted kernels
+    read their tensors' memory, which a tracer's fake tensors do not have, so the compiler
+    must see one opaque op and its fake function instead.
+    """
+    qualified = f"{LIBRARY_NAMESPACE}::{name}"
+    if registers_triton_ops():
+        return torch.library.triton_op(qualified, impl, mutates_args=tuple(mutates_args))
+    return torch.library.custom_op(qualified, impl, mutates_args=tuple(mutates_args), schema=schema)
+
+
 def resolve_backend(backend: str | None, device: torch.device) -> str:
     """Turn a requested backend (or ``None``/``"auto"``) into one of :data:`BACKENDS`.
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from kernels._common import interpreting
+from kernels._common import interpreting, registers_triton_ops
 from kernels._versions import interpreter_problem
 
 _active_counters: list[collections.Counter] = []
@@ -89,5 +89,13 @@ def launch(kernel: Any, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> Non
 
 
 def _run(kernel: Any, grid: tuple[int, ...], args: Sequence[Any], kwargs: dict) -> None:
-    """The launch itself (a seam for the tests, which observe the device in effect here)."""
-    kernel[grid](*args, **kwargs)
+    """The launch itself (a seam for the tests, which observe the device in effect here).
+
+    Compiled kernels go through ``wrap_triton``: inside a ``torch.compile``d graph that makes
+    the launch a node the compiler emits itself (the ops are ``triton_op``s, see
+    :func:`kernels._common.register_kernel_op`); anywhere else it is a plain launch.
+    Interpreted kernels are launched directly (they cannot be traced)."""
+    if registers_triton_ops():
+        torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
+    else:
+        kernel[grid](*args, **kwargs)

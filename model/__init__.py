@@ -1,12 +1,34 @@
-"""ResNet9 for CIFAR-10 with the seed's tricks as options (imports ``kernels``, never ``train``).
+"""The CIFAR-10 networks with their recipes' tricks as options (imports ``kernels``, never
+``train``).
 
-* :mod:`model.resnet9` — :class:`ResNet9` and :class:`ResNet9Config` (the architecture).
-* :mod:`model.layers` — :class:`GhostBNAct` (ghost BN, frozen scales, pool before BN, CELU),
-  :class:`ConvBlock`, :class:`Residual`.
-* :mod:`model.whitening` — 3×3 patch whitening: filters from data and the fixed conv.
+* :mod:`model.resnet9` — :class:`ResNet9` and :class:`ResNet9Config` (the seed's network).
+* :mod:`model.airbench` — :class:`AirbenchNet` and :class:`AirbenchConfig` (airbench94, its
+  Muon variant and the 2025 speedrun).
+* :mod:`model.layers` — :class:`GhostBNAct` (ghost BN, frozen scales, pool before BN, the
+  activation), :class:`ConvBlock` (with Dirac init), :class:`Residual`.
+* :mod:`model.whitening` — k×k patch whitening (3×3 for ResNet9, 2×2 with negations for
+  airbench): filters from data and the fixed conv.
 """
 
-from model.layers import MODEL_BACKENDS, ConvBlock, GhostBNAct, Residual, op_backend
+from model.airbench import (
+    AirbenchBlock,
+    AirbenchConfig,
+    AirbenchHead,
+    AirbenchNet,
+    airbench_bn_site_shapes,
+    airbench_flops_per_image,
+    airbench_whitening_filters,
+    pytorch_momentum,
+)
+from model.layers import (
+    MODEL_BACKENDS,
+    BNSiteControls,
+    ConvBlock,
+    GhostBNAct,
+    Residual,
+    dirac_init_,
+    op_backend,
+)
 from model.resnet9 import (
     BNSiteShape,
     Head,
@@ -24,6 +46,11 @@ from model.whitening import (
 
 __all__ = [
     "MODEL_BACKENDS",
+    "AirbenchBlock",
+    "AirbenchConfig",
+    "AirbenchHead",
+    "AirbenchNet",
+    "BNSiteControls",
     "BNSiteShape",
     "ConvBlock",
     "GhostBNAct",
@@ -33,9 +60,14 @@ __all__ = [
     "ResNet9",
     "ResNet9Config",
     "WhiteningFilters",
+    "airbench_bn_site_shapes",
+    "airbench_flops_per_image",
+    "airbench_whitening_filters",
     "bn_site_shapes",
     "channel_widths",
+    "dirac_init_",
     "op_backend",
     "patch_whitening_filters",
+    "pytorch_momentum",
     "whitening_filters_from_data",
 ]

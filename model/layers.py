@@ -1,4 +1,6 @@
-"""The building blocks of ResNet9: one batch-norm site, a conv block and a residual pair.
+"""The building blocks of both network families: one batch-norm site, a conv block, a
+residual pair (ResNet9), Dirac initialisation (airbench) and what a model does to all its BN
+sites at once.
 
 Every BN site of the network is a :class:`GhostBNAct`, a thin module around the fused op
 :func:`kernels.ghost_bn_act` (``[2×2 max-pool →] ghost batch norm [frozen scale] →
@@ -9,22 +11,77 @@ activation``). The recipe's BN tricks are its options:
 * **frozen BN scales** — ``learnable_scale=False``: no ``weight`` parameter, the scale is 1.
 * **max-pool before BN** — ``pool=True``: the 2×2 max-pool is fused into the op, before
   the statistics are taken.
-* **CELU** — ``act="celu"`` with ``alpha`` (0.3 in the final recipe), or ``"relu"``.
+* **the activation** — ``act``: any of :data:`kernels.ACTIVATIONS` — ``"celu"`` with
+  ``alpha`` (0.3 in ResNet9's final recipe), ``"relu"``, exact ``"gelu"`` (airbench94),
+  ``"gelu_tanh"``, ``"silu"`` (the 2025 speedrun's blocks) — or ``None``.
+
+:class:`ConvBlock` with ``dirac=True`` starts its conv as the identity on the first
+min(c_in, c_out) channels (:func:`dirac_init_`), airbench's initialisation.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import ghost_bn_act
+from kernels import ACTIVATIONS, ghost_bn_act
 
-__all__ = ["MODEL_BACKENDS", "GhostBNAct", "ConvBlock", "Residual", "op_backend"]
+__all__ = [
+    "ACTIVATIONS",
+    "MODEL_BACKENDS",
+    "BNSiteControls",
+    "ConvBlock",
+    "GhostBNAct",
+    "Residual",
+    "activation",
+    "dirac_init_",
+    "op_backend",
+]
 
 #: Backends a model can be built for. ``"compile"`` means the *trainer* wraps the whole model
 #: in ``torch.compile``; inside the module it runs the op's plain-PyTorch reference.
 MODEL_BACKENDS = ("eager", "compile", "triton")
+
+
+def activation(x: torch.Tensor, act: str | None, alpha: float = 0.3) -> torch.Tensor:
+    """The element-wise activation ``act`` (any of :data:`kernels.ACTIVATIONS`) outside a BN
+    site — airbench's GELU after the whitening conv. ``x`` any float tensor; same shape,
+    dtype and memory format out. ``alpha`` is CELU's only."""
+    if act == "celu":
+        return F.celu(x, alpha=alpha)
+    if act == "relu":
+        return F.relu(x)
+    if act == "gelu":
+        return F.gelu(x)
+    if act == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    if act == "silu":
+        return F.silu(x)
+    if act is None:
+        return x
+    raise ValueError(f"act must be one of {ACTIVATIONS}; got {act!r}")
+
+
+@torch.no_grad()
+def dirac_init_(weight: torch.Tensor) -> torch.Tensor:
+    """Airbench's conv initialisation, in place on ``weight`` (C_out, C_in, k, k) with k odd.
+
+    Filters 0 … m − 1, m = min(C_in, C_out), become the identity (filter i is 1 at the
+    centre of input channel i, 0 elsewhere), as ``torch.nn.init.dirac_`` makes them; filters
+    m … C_out − 1 keep what they had (PyTorch's default init). Airbench writes this as
+    ``dirac_(w[:C_in])``: the same thing, since that slice has min(C_in, C_out) rows. Each
+    conv then starts by passing its first channels through unchanged. Returns ``weight``.
+    """
+    if weight.dim() != 4 or weight.shape[2] % 2 == 0 or weight.shape[3] % 2 == 0:
+        raise ValueError(
+            f"dirac init needs a conv weight (C_out, C_in, k, k) with odd k; got "
+            f"{tuple(weight.shape)}"
+        )
+    nn.init.dirac_(weight[: min(weight.shape[0], weight.shape[1])])
+    return weight
 
 
 def op_backend(model_backend: str) -> str:
@@ -72,8 +129,9 @@ class GhostBNAct(nn.Module):
         backend: str = "eager",
     ) -> None:
         super().__init__()
-        if act not in ("celu", "relu", None):
-            raise ValueError(f"act must be 'celu', 'relu' or None; got {act!r}")
+        # What the fused op supports is the one list: a new activation there is one here.
+        if act not in ACTIVATIONS:
+            raise ValueError(f"act must be one of {ACTIVATIONS}; got {act!r}")
         self.channels = channels
         self.splits = splits
         self.pool = pool
@@ -140,6 +198,10 @@ class ConvBlock(nn.Module):
     pool fused into the BN op (BN and the activation then touch 4× fewer pixels).
     ``pool="after_bn"`` — the earlier baseline: conv → BN → act → pool.
     ``pool=None`` — no pooling.
+
+    The conv starts with PyTorch's default (Kaiming-uniform) initialisation, as the seed
+    used; ``dirac=True`` then makes its first min(c_in, c_out) filters the identity
+    (:func:`dirac_init_`), as airbench does.
     """
 
     def __init__(
@@ -149,14 +211,16 @@ class ConvBlock(nn.Module):
         *,
         kernel_size: int = 3,
         pool: str | None = None,
+        dirac: bool = False,
         **bn_options,
     ) -> None:
         super().__init__()
         if pool not in (None, "before_bn", "after_bn"):
             raise ValueError(f"pool must be None, 'before_bn' or 'after_bn'; got {pool!r}")
         self.pool = pool
-        # PyTorch's default (Kaiming-uniform) initialisation, as the seed used.
         self.conv = nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2, bias=False)
+        if dirac:
+            dirac_init_(self.conv.weight)
         self.bn = GhostBNAct(c_out, pool=(pool == "before_bn"), **bn_options)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,3 +245,47 @@ class Residual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (B, C, H, W) → (B, C, H, W)."""
         return x + self.block2(self.block1(x))
+
+
+class BNSiteControls:
+    """What a network does to all its BN sites at once; mixed into an ``nn.Module`` whose BN
+    sites are :class:`GhostBNAct` modules (ResNet9 and the airbench family).
+    """
+
+    def bn_sites(self) -> Iterator[GhostBNAct]:
+        """Every batch-norm site, in forward order."""
+        return (m for m in self.modules() if isinstance(m, GhostBNAct))  # type: ignore[attr-defined]
+
+    def set_ghost_splits(self, splits: int) -> None:
+        """Ghost-BN splits per training batch at every BN site (1 = plain BN). Eval is
+        unaffected: it always uses the running statistics."""
+        if not isinstance(splits, int) or splits < 1:
+            raise ValueError(f"splits must be a positive int; got {splits!r}")
+        for site in self.bn_sites():
+            site.splits = splits
+
+    def set_backend(self, backend: str) -> None:
+        """Switch every BN site to ``backend`` ("eager", "compile" or "triton")."""
+        op_backend(backend)
+        for site in self.bn_sites():
+            site.backend = backend
+
+    @property
+    def backend(self) -> str:
+        """The model-level backend of the BN sites."""
+        return next(self.bn_sites()).backend
+
+    def to_mixed_precision(self, dtype: torch.dtype = torch.float16) -> BNSiteControls:
+        """Cast every parameter and floating-point buffer outside the BN sites (convs, linear
+        layer, whitening filters and bias) to ``dtype`` and keep every BN site in float32 —
+        "fp16 everywhere except BN". Call it before building the optimiser; feed inputs of
+        ``dtype``. Returns ``self``."""
+        for module in self.modules():  # type: ignore[attr-defined]
+            if isinstance(module, GhostBNAct):
+                continue
+            for param in module.parameters(recurse=False):
+                param.data = param.data.to(dtype)
+            for name, buf in module.named_buffers(recurse=False):
+                if buf.is_floating_point():
+                    module._buffers[name] = buf.to(dtype)
+        return self

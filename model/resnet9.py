@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.layers import ConvBlock, GhostBNAct, Residual, op_backend
+from model.layers import BNSiteControls, ConvBlock, GhostBNAct, Residual, op_backend
 from model.whitening import PatchWhitening
 
 __all__ = ["BNSiteShape", "ResNet9Config", "ResNet9", "Head", "bn_site_shapes", "channel_widths"]
@@ -131,7 +130,7 @@ class Head(nn.Module):
         return self.linear(x) * self.output_scale
 
 
-class ResNet9(nn.Module):
+class ResNet9(BNSiteControls, nn.Module):
     """ResNet9 as in the module docstring.
 
     Input: normalised images float32/float16/bfloat16 (B, 3, 32, 32) — ``(x − mean)/std`` on
@@ -191,28 +190,6 @@ class ResNet9(nn.Module):
             )
         self.whitening.set_filters(filters)
 
-    def bn_sites(self) -> Iterator[GhostBNAct]:
-        """Every batch-norm site, in forward order."""
-        return (m for m in self.modules() if isinstance(m, GhostBNAct))
-
-    def set_ghost_splits(self, splits: int) -> None:
-        """Ghost-BN splits per training batch at every BN site (batch / 32 in the recipe;
-        1 = plain BN). Eval is unaffected: it always uses the running statistics."""
-        if not isinstance(splits, int) or splits < 1:
-            raise ValueError(f"splits must be a positive int; got {splits!r}")
-        for site in self.bn_sites():
-            site.splits = splits
-
-    def set_backend(self, backend: str) -> None:
-        """Switch every BN site to ``backend`` ("eager", "compile" or "triton")."""
-        op_backend(backend)
-        for site in self.bn_sites():
-            site.backend = backend
-
-    @property
-    def backend(self) -> str:
-        return next(self.bn_sites()).backend
-
     # ---- optimiser groups and precision ------------------------------------------------
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters split by the role the optimiser gives them.
@@ -237,20 +214,6 @@ class ResNet9(nn.Module):
                 else:
                     groups["weights"].append(param)
         return groups
-
-    def to_mixed_precision(self, dtype: torch.dtype = torch.float16) -> ResNet9:
-        """Cast the convs, the linear layer and the whitening filters to ``dtype`` and keep
-        every BN site in float32 — the recipe's "fp16 everywhere except BN". Call it before
-        building the optimiser; feed inputs of ``dtype``. Returns ``self``."""
-        for module in self.modules():
-            if isinstance(module, GhostBNAct):
-                continue
-            for param in module.parameters(recurse=False):
-                param.data = param.data.to(dtype)
-            for name, buf in module.named_buffers(recurse=False):
-                if buf.is_floating_point():
-                    module._buffers[name] = buf.to(dtype)
-        return self
 
 
 # ---- the BN sites, for the kernels' benchmarks and ahead-of-time specs ---------------------

@@ -197,6 +197,52 @@ def test_roofline_is_the_max_of_the_two_bounds_per_op():
         ("eager", pytest.approx(2000.0), pytest.approx(1940.0)),
         ("triton", pytest.approx(1000.0), pytest.approx(970.0)),
     ]
+    assert all(r["launches_per_step"] is None and r["host_ms"] == 0 for r in rows)
+
+
+def test_roofline_charges_the_host_per_launch_and_a_graph_removes_it():
+    """1 ms of device work per step; 400 launches at 5 µs = 2 ms of host: the uncaptured
+    step waits for the host (2 ms), the graphed one (5 launches) does not (1 ms)."""
+    gpu = roofline.GPU("test", bandwidth_gbs=1.0, tensor_tflops=1.0, source="-")
+    (row,) = roofline.roofline_table(
+        {"eager": [(1_000_000, 0)]},
+        steps=10,
+        gpus=(gpu,),
+        launches={"eager": {"uncaptured": 400, "graphed": 5}},
+        host_us_per_launch=5.0,
+    )
+    assert row["device_ms"] == pytest.approx(1.0)
+    assert row["host_ms"] == pytest.approx(2.0)
+    assert row["host_bound"]
+    assert row["uncaptured_step_ms"] == pytest.approx(2.0)
+    assert row["uncaptured_ten_epochs_s"] == pytest.approx(0.02)
+    assert row["step_ms"] == pytest.approx(1.0)  # 5 × 5 µs of host ≪ 1 ms
+    assert row["ten_epochs_s"] == pytest.approx(0.01)
+    assert row["breakeven_us_per_launch"] == pytest.approx(2.5)  # 1 ms / 400
+
+
+def test_launches_per_step_count_the_ops_and_the_kernels():
+    """On a small counted step: eager launches are its counted ops (the EMA's at 1/5);
+    triton swaps each BN site's and the augmentation's ops for their kernels' launches."""
+    from bench.workloads import TRITON_LAUNCHES, count_train_step, graphed_launches
+
+    count = count_train_step(StepShape(0.0625, 64), torch.float32, channels_last=False)
+    ema = [r for r in count.records if r.phase == "ema"]
+    assert ema  # the counted step runs the average's update
+    eager = count.launches("eager")
+    assert eager["uncaptured"] == pytest.approx(len(count.records) - len(ema) * 4 / 5)
+    assert eager["graphed"] == graphed_launches(count.param_groups, 5) == 2 + 2 + 1 + 0.2
+    replaced = [r for r in count.records if r.phase.startswith("bn_") or r.phase == "augment"]
+    sites = len(count.bn_sites)
+    assert sites == 8
+    triton = count.launches("triton")
+    assert triton["uncaptured"] == pytest.approx(
+        eager["uncaptured"]
+        - len(replaced)
+        + sites * (TRITON_LAUNCHES["bn_fwd"] + TRITON_LAUNCHES["bn_bwd"])
+        + TRITON_LAUNCHES["augment"]
+    )
+    assert count.launches("compile") is None
 
 
 def test_format_table_columns():
@@ -306,3 +352,52 @@ def test_quick_bench_json_files(quick_run):
         reasons = {e["what"]: e["reason"] for e in summary["not_measured"]}
         assert any("triton" in what and "no GPU" in why for what, why in reasons.items())
         assert all(r["backend"] != "triton" for r in summary["results"])
+
+
+def test_the_airbench_step_counts_what_its_source_says():
+    """airbench94's step, counted on fake tensors at its own batch: 0.71 GFLOP per training
+    image (forward + backward, as RECIPE.md gives it), six BN sites at the odd sizes its
+    unpadded 2×2 whitening makes, fewer launches fused than eager; with Muon the step keeps
+    a host-float rate, so it has no graphed count."""
+    from bench.workloads import count_train_step
+
+    count = count_train_step(StepShape(1.0, 1024, "airbench94"), torch.float16, True)
+    assert count.flops / 1024 == pytest.approx(0.71e9, rel=0.01)
+    assert [site["shape"][2] for site in count.bn_sites] == [31, 15, 15, 7, 7, 3]
+    eager, triton = count.launches("eager"), count.launches("triton")
+    assert triton["uncaptured"] < eager["uncaptured"]
+    assert eager["graphed"] == triton["graphed"] is not None
+    muon = count_train_step(StepShape(0.25, 64, "airbench94-muon"), torch.float32, False)
+    assert muon.launches("eager")["graphed"] is None
+
+
+def test_recipe_models_name_the_sources_figures_as_theirs():
+    from bench.__main__ import MODELLED_RECIPES
+
+    rows = [
+        {
+            "recipe": name,
+            "batch": 1024,
+            "epochs": 9.9,
+            "gflop_per_image": 0.7,
+            "gpu": gpu,
+            "backend": "triton",
+            "bytes_per_step": 1e9,
+            "launches_per_step": 100.0,
+            "graphed_launches_per_step": None,
+            "step_ms": 1.0,
+            "ten_epochs_s": 0.5,
+            "per_ten_epochs_s": 0.51,
+            "published": published,
+        }
+        for name, _, published in MODELLED_RECIPES
+        for gpu in ("V100 SXM2", "A100 SXM4 80GB")
+    ]
+    text = report.format_recipe_models({"label": roofline.LABEL, "what": "w", "rows": rows})
+    assert text.startswith("=== MODEL (roofline prediction")
+    assert "the source's own measured time (not ours)" in text
+    # The sources' times (all A100 except the seed's V100 figure) only on the A100 rows.
+    for line in text.splitlines():
+        if "V100 SXM2" in line:
+            assert " s on a" not in line
+    assert text.count("3.29 s on an A100") == 1

@@ -14,12 +14,14 @@ import shutil
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from cifar_archive import make_archive
+from tiny_training import TINY_CONFIG, TinyData
+from tiny_training import tiny_data as shared_tiny_data
 
 import train.trainer as trainer_module
 from train.checkpoint import (
@@ -41,42 +43,12 @@ from train.trainer import Trainer, TrainingDiverged, TrainingInterrupted
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS_PER_EPOCH = 4
-CONFIG = TrainConfig(
-    width=0.0625,
-    batch_size=32,
-    epochs=2,
-    cutout=8,
-    ema_every=2,
-    eval_every=1,
-    eval_batch_size=64,
-    warmup_steps=0,
-    device="cpu",
-)
+CONFIG = TINY_CONFIG
 RUNTIME = Runtime(torch.device("cpu"), "eager", torch.float32, channels_last=False)
 
 
-@dataclass
-class TinyData:
-    """The fields of :class:`train.data.Cifar10` that the trainer reads."""
-
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    classes: list[str] = field(default_factory=lambda: [str(i) for i in range(10)])
-
-
 def tiny_data(seed: int = 0) -> TinyData:
-    """Learnable images: a brightness per class plus noise."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def split(count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = torch.randint(0, 10, (count,), generator=generator)
-        noise = torch.randint(0, 48, (count, 3, 32, 32), generator=generator)
-        images = (labels.view(-1, 1, 1, 1) * 20 + noise).clamp(0, 255).to(torch.uint8)
-        return images.contiguous(), labels
-
-    return TinyData(*split(STEPS_PER_EPOCH * CONFIG.batch_size), *split(64))
+    return shared_tiny_data(STEPS_PER_EPOCH * CONFIG.batch_size, 64, seed)
 
 
 DATA = tiny_data()

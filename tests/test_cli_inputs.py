@@ -146,7 +146,7 @@ def test_numeric_flags_exit_with_0_or_2_and_never_a_traceback(flag, value):
         ("--lr", "inf", "--lr: must be a finite number in (0, 1e+09]; got 'inf'"),
         ("--celu-alpha", "inf", "--celu-alpha: must be a finite number in (0, 100]"),
         ("--lr", "nan", "--lr: must be a finite number"),
-        ("--epochs", "-1", "--epochs: must be an integer in [1, 1,000]; got '-1'"),
+        ("--epochs", "-1", "--epochs: must be a finite number in [1, 1,000]; got '-1'"),
         ("--batch-size", "2.5", "--batch-size: must be an integer"),
     ],
 )
@@ -203,3 +203,70 @@ def test_ctrl_c_at_start_up_or_while_the_data_loads_exits_130_in_one_line(where,
         assert main(["--device", "cpu"]) == EXIT_INTERRUPTED
     err = capsys.readouterr().err.strip()
     assert err == "error: interrupted by Ctrl-C"
+
+
+# --------------------------------------------------------------------------- airbench flags
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--network", "vgg"], "argument --network: invalid choice: 'vgg'"),
+        (["--flip", "sideways"], "argument --flip: must be one of random, alternating, none"),
+        (["--tta", "sixview"], "argument --tta: must be one of flip, none, multiview, selective"),
+        (["--airbench-widths", "64,256"], "argument --airbench-widths: must be three integers"),
+        (["--airbench-widths", "64,0,256"], "argument --airbench-widths: must be three integers"),
+        (["--epochs", "0.5"], "argument --epochs: must be a finite number in [1, 1,000]"),
+        (["--jitter", "2"], "argument --jitter: must be a finite number in [0, 1]"),
+        (["--tta-fraction", "nan"], "argument --tta-fraction: must be a finite number"),
+        (["--bn-eps", "0"], "argument --bn-eps: must be a finite number in (0, 1]"),
+        (["--lr-schedule", "cosine"], "argument --lr-schedule: invalid choice: 'cosine'"),
+        (["--optimizer", "adam"], "argument --optimizer: invalid choice: 'adam'"),
+        (["--muon-ns-steps", "0"], "argument --muon-ns-steps: must be an integer in [1, 20]"),
+        (
+            ["--whitening-patch-size", "2"],
+            "--whitening-patch-size 2 needs --network airbench",
+        ),
+        (["--optimizer", "muon"], "--optimizer muon trains the non-filter weights with"),
+        (["--activation", "silu"], "--activation silu needs --network airbench"),
+        (
+            ["--optimizer", "muon", "--sgd-form", "airbench", "--lr", "2"],
+            "--lr 2.0 has no effect with --optimizer muon",
+        ),
+        (
+            ["--preset", "airbench94-muon", "--cuda-graphs", "on"],
+            "--cuda-graphs on cannot capture Muon",
+        ),
+        (
+            ["--network", "airbench", "--pool-before-bn", "off"],
+            "--network airbench always pools before batch norm",
+        ),
+        (["--lr-schedule", "airbench", "--preset", "ema"], "belong to the piecewise schedule"),
+    ],
+)
+def test_bad_airbench_flags_exit_2_in_one_line(argv, expected, capsys):
+    assert run_until_training(argv) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    "argv, field, value",
+    [
+        (["--flip", "random"], "flip", True),
+        (["--flip", "none"], "flip", False),
+        (["--no-flip"], "flip", False),
+        (["--flip", "alternating"], "flip", "alternating"),
+        (["--tta", "flip"], "tta", True),
+        (["--tta", "multiview"], "tta", "multiview"),
+        (["--epochs", "9.9"], "epochs", 9.9),
+        (["--airbench-widths", "8,16,32"], "airbench_widths", (8, 16, 32)),
+    ],
+)
+def test_airbench_flags_reach_the_config(argv, field, value):
+    config, _ = cli.config_from_args(cli.build_parser().parse_args(argv), has_gpu=True)
+    assert getattr(config, field) == value
+    assert type(getattr(config, field)) is type(value)
+
+
+def test_airbench_preset_reaches_training_on_the_cpu():
+    argv = ["--preset", "speedrun-2025", "--full", "--batch-size", "32"]
+    assert run_until_training(argv) == EXIT_OK

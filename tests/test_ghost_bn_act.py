@@ -3,9 +3,10 @@
 The Triton kernels run through Triton's interpreter (``TRITON_INTERPRET=1``, set by
 conftest.py). Every case is checked two ways:
   * against ``ghost_bn_act_reference`` (plain PyTorch, fp32 statistics) and its autograd;
-  * against PyTorch's own ops in float64 on the same input values — F.max_pool2d, then
-    F.batch_norm(training=True) on each split (running buffers updated per split, then
-    averaged), F.celu / F.relu — and their autograd.
+  * against PyTorch's own ops in float64 on the same input values — F.max_pool2d (which
+    floors odd sizes), then F.batch_norm(training=True) on each split (running buffers
+    updated per split, then averaged), F.celu / F.relu / F.gelu (exact and tanh) / F.silu —
+    and their autograd.
 Shapes are small because the interpreter costs ~3 ms per program instance.
 """
 
@@ -21,8 +22,9 @@ from conftest import KERNEL_DEVICE  # tests/ is on sys.path
 import bench.aot as aot
 from bench.shapes import bn_sites
 from kernels import ghost_bn_act, ghost_bn_act_bytes, ghost_bn_act_reference
-from kernels.ghost_bn_act import launch  # ``kernels.ghost_bn_act`` itself is the function
+from kernels.ghost_bn_act import launch, plan  # ``kernels.ghost_bn_act`` is the function
 from kernels.ghost_bn_act.op import ghost_bn_act_bwd_op, ghost_bn_act_fwd_op, ghost_bn_stats_op
+from kernels.ghost_bn_act.specs import AIRBENCH_SHAPES, airbench_sites, aot_specs
 
 # ---- tolerances: one table per dtype ------------------------------------------------------
 # atol is relative to max(1, max |expected|): outputs and grads are compared at their scale.
@@ -59,7 +61,8 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: dict, what: 
 def torch_ops(
     x, bias, weight, running_mean, running_var, *, splits, pool, act, alpha, eps, momentum, training
 ):
-    """F.max_pool2d → F.batch_norm per split → F.celu/F.relu; returns (y, new rm, new rv)."""
+    """F.max_pool2d → F.batch_norm per split → the activation by its own F function;
+    returns (y, new rm, new rv)."""
     if pool:
         x = F.max_pool2d(x, 2)
     if training:
@@ -80,6 +83,12 @@ def torch_ops(
         y = F.celu(y, alpha)
     elif act == "relu":
         y = F.relu(y)
+    elif act == "gelu":
+        y = F.gelu(y)
+    elif act == "gelu_tanh":
+        y = F.gelu(y, approximate="tanh")
+    elif act == "silu":
+        y = F.silu(y)
     return y, new_rm, new_rv
 
 
@@ -190,7 +199,7 @@ def check_all(case: Case, results: dict, training: bool = True) -> None:
     y = tri["y"]
     assert y.dtype == case.dtype
     b, c, h, w = case.shape
-    assert y.shape == ((b, c, h // 2, w // 2) if case.pool else (b, c, h, w))
+    assert y.shape == ((b, c, h // 2, w // 2) if case.pool else (b, c, h, w))  # floored
     # output memory format follows x (as the reference's)
     assert y.is_contiguous(memory_format=CL if case.channels_last else torch.contiguous_format)
     assert y.stride() == results["reference"]["y"].stride()
@@ -217,135 +226,138 @@ def test_training_step_matches_reference_and_torch_ops(case):
     check_all(case, run_all(case))
 
 
-EVAL_CASES = [
-    Case(F32, (3, 5, 6, 6), 1, True, "celu", True, True),
-    Case(F16, (3, 7, 6, 6), 1, False, "relu", False, False),
-    Case(BF16, (2, 64, 4, 4), 1, True, None, True, False),
-    Case(F16, (5, 3, 8, 8), 1, True, "celu", False, True),
+# The airbench family: GELU (exact and tanh) and SiLU, odd sizes where the 2×2 pool floors
+# (31→15, 15→7, 7→3: the last row and column are dropped), plain BN (one split) as well as
+# ghost splits. Every activation in every dtype, both layouts, odd H and W alone and together.
+AIRBENCH_CASES = [
+    Case(F32, (2, 3, 7, 7), 1, True, "gelu", False, True),  # 7 → 3
+    Case(F32, (4, 5, 6, 7), 2, True, "silu", True, False),  # odd W only
+    Case(F32, (2, 4, 15, 15), 1, False, "gelu_tanh", False, True),  # odd, no pool
+    Case(F16, (2, 16, 15, 15), 1, True, "gelu", False, True),  # 15 → 7
+    Case(F16, (4, 3, 7, 6), 2, True, "gelu_tanh", True, False),  # odd H only
+    Case(F16, (2, 6, 3, 3), 1, False, "silu", False, False),  # the 3×3 site
+    Case(BF16, (2, 3, 31, 31), 1, True, "silu", False, True),  # 31 → 15
+    Case(BF16, (2, 5, 7, 7), 1, True, "gelu_tanh", True, False),
+    Case(BF16, (4, 7, 5, 5), 2, True, "gelu", True, True),
 ]
 
 
-@pytest.mark.parametrize("case", EVAL_CASES, ids=str)
+@pytest.mark.parametrize("case", AIRBENCH_CASES, ids=str)
 @pytest.mark.gpu
-def test_eval_mode_forward_and_backward(case):
-    """Running stats used, not updated; B needs no split; the backward has no mean terms."""
-    results = run_all(case, training=False)
+def test_airbench_activations_and_odd_sizes(case):
+    """y, dx (x's full odd shape, zero in the dropped row/column), dbias, dweight and the
+    running stats against the reference and float64 F.max_pool2d → F.batch_norm → F.gelu /
+    F.silu."""
+    results = run_all(case)
+    check_all(case, results)
+    if case.pool:
+        dx = results["triton"]["x"].grad
+        h, w = case.shape[2:]
+        # PyTorch's pool never reads them, so their gradient is exactly zero
+        assert not dx[:, :, 2 * (h // 2) :, :].any() and not dx[:, :, :, 2 * (w // 2) :].any()
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_tanh", "silu"])
+@pytest.mark.gpu
+# sigmoid(−large) = 1 / (1 + exp(large)) = 1 / inf = 0, as meant; NumPy (the interpreter)
+# warns about the inf
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+def test_new_activations_over_a_wide_range(act):
+    """z from −12 to 12 (GELU's and SiLU's tails, where the erf/sigmoid saturate and the
+    slopes go to 0 or 1) in fp32: y and dL/dz against F.gelu / F.silu in float64. Eval mode
+    with mean 0, var 1 − eps, bias 0 makes z = x exactly."""
+    case = Case(F32, (1, 2, 8, 8), 1, False, act, False, True)
+    x = torch.linspace(-12.0, 12.0, 128).reshape(1, 2, 8, 8).contiguous(memory_format=CL)
+    eps = 1e-5
+    inputs = (x, torch.zeros(2), None, torch.zeros(2), torch.full((2,), 1.0 - eps))
+    results = run_all(case, training=False, inputs=inputs, eps=eps)
     check_all(case, results, training=False)
 
 
-@pytest.mark.parametrize("channels_last", [True, False])
+class _PoisonedTorch:
+    """``torch`` for :mod:`kernels.ghost_bn_act.launch`, except that ``torch.empty`` comes
+    back filled with NaN (floats) or 255 (integers): whatever a kernel leaves unwritten
+    shows."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def empty(*args, **kwargs):
+        t = torch.empty(*args, **kwargs)
+        return t.fill_(float("nan") if t.is_floating_point() else 255)
+
+
+@pytest.mark.parametrize(
+    "shape,channels_last", [((2, 3, 7, 5), True), ((2, 3, 5, 7), False), ((2, 16, 5, 5), True)]
+)
 @pytest.mark.gpu
-def test_eval_without_grad_pools_on_the_fly(channels_last):
-    """Eval under no_grad pools inside the normalise pass (nothing saved): same values."""
-    case = Case(F16, (3, 6, 6, 6), 1, True, "celu", True, channels_last)
-    x, bias, weight, rm, rv = make_inputs(case)
-    with torch.no_grad():
-        y = ghost_bn_act(
-            x, bias, rm, rv, weight=weight, splits=1, pool=True, training=False, backend="triton"
-        )
-        ref = ghost_bn_act_reference(
-            x, bias, rm.clone(), rv.clone(), weight=weight, splits=1, pool=True, training=False
-        )
-    assert_close(y, ref, TOL[F16], "y")
-    assert y.stride() == ref.stride()
-
-
-@pytest.mark.gpu
-def test_training_without_grad_updates_running_stats():
-    case = Case(F32, (4, 5, 6, 6), 2, True, "relu", False, True)
-    x, bias, _, rm, rv = make_inputs(case)
-    rm_ref, rv_ref = rm.clone(), rv.clone()
-    with torch.no_grad():
-        y = ghost_bn_act(x, bias, rm, rv, splits=2, pool=True, act="relu", backend="triton")
-        ref = ghost_bn_act_reference(x, bias, rm_ref, rv_ref, splits=2, pool=True, act="relu")
-    assert_close(y, ref, TOL[F32], "y")
-    assert_close(rm, rm_ref, STATS_TOL, "running_mean")
-    assert_close(rv, rv_ref, STATS_TOL, "running_var")
-
-
-@pytest.mark.gpu
-def test_two_steps_and_momentum():
-    """Running stats compound over steps like BatchNorm2d's; momentum 0.5 and eps 1e-3."""
-    case = Case(F32, (4, 5, 4, 4), 2, False, "celu", True, True)
-    x, bias, weight, rm, rv = make_inputs(case)
-    rm_ref, rv_ref = rm.clone(), rv.clone()
-    for _ in range(2):
-        x = torch.randn_like(x)
-        ghost_bn_act(
-            x, bias, rm, rv, weight=weight, splits=2, momentum=0.5, eps=1e-3, backend="triton"
-        )
-        ghost_bn_act_reference(
-            x, bias, rm_ref, rv_ref, weight=weight, splits=2, momentum=0.5, eps=1e-3
-        )
-    assert_close(rm, rm_ref, STATS_TOL, "running_mean")
-    assert_close(rv, rv_ref, STATS_TOL, "running_var")
-
-
-@pytest.mark.parametrize("dtype", [F16, BF16])
-@pytest.mark.parametrize("channels_last", [True, False])
-@pytest.mark.gpu
-def test_max_pool_ties_route_gradient_like_pytorch(dtype, channels_last):
-    """Small integers make most 2×2 windows tie; the gradient must go to the element
-    F.max_pool2d's backward picks (the first maximum in row-major order)."""
-    case = Case(dtype, (4, 6, 6, 6), 2, True, "celu", True, channels_last)
-    _, bias, weight, rm, rv = make_inputs(case)
-    x = torch.randint(-2, 3, case.shape).to(dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=CL)
-    results = run_all(case, inputs=(x, bias, weight, rm, rv))
-    check_all(case, results)
+def test_odd_pool_backward_writes_every_dx_element(monkeypatch, shape, channels_last):
+    """dx is allocated uninitialised and the backward writes each element once, zeros in the
+    row/column the floored pool dropped included: with every ``torch.empty`` of the launcher
+    poisoned (dx, the partial sums, mean/rstd, pooled, argmax), nothing NaN survives and dx
+    equals float64 F.max_pool2d's gradient, zeros bit for bit."""
+    case = Case(F16, shape, 1, True, "gelu", True, channels_last)
+    inputs = make_inputs(case)
+    monkeypatch.setattr(launch, "torch", _PoisonedTorch())
+    results = run_all(case, inputs=inputs)
+    monkeypatch.undo()
     dx = results["triton"]["x"].grad
-    # exactly one nonzero-capable slot per window: zeros elsewhere match PyTorch's exactly
+    assert not dx.isnan().any() and not results["triton"]["y"].isnan().any()
+    check_all(case, results)
     assert torch.equal(dx == 0, results["float64"]["x"].grad == 0)
 
 
 @pytest.mark.gpu
-def test_large_mean_statistics_do_not_cancel():
-    """x = 1000 + N(0, 1): naive fp32 Σx²/n − (Σx/n)² would lose the variance to cancellation
-    (≈ 6 % error here); the shifted sums keep it to fp32 precision. x itself is quantised
-    at ulp(1000) = 6e-5 in fp32, so y is compared at that resolution."""
-    case = Case(F32, (4, 6, 8, 8), 2, False, None, False, True)
-    x, bias, _, rm, rv = make_inputs(case, mean=1000.0, std=1.0)
-    results = run_all(case, inputs=(x, bias, None, rm, rv))
-    tri, exact = results["triton"], results["float64"]
-    assert_close(tri["y"], exact["y"], dict(rtol=0, atol=2e-4), "y vs float64")
-    assert_close(tri["x"].grad, exact["x"].grad, dict(rtol=0, atol=2e-4), "dx vs float64")
-    assert_close(tri["rm"], exact["rm"], dict(rtol=1e-6, atol=0), "running_mean")
-    assert_close(tri["rv"], exact["rv"], dict(rtol=1e-5, atol=0), "running_var")
+def test_plain_bn_statistics_at_airbench_batch(monkeypatch):
+    """Plain BN (one split) over the airbench batch, 1024, with more reduction programs than
+    the finalize kernel takes in one load (PLAIN_FIN_BLOCK_K) and a ragged last one, so the
+    partials are folded in several masked steps: mean, rstd and the running stats against
+    float64 F.batch_norm. The interpreter costs ~5 ms per tile and a tile never spans two
+    images, so C and H·W are tiny and only the statistics op runs (pass 3 is one program
+    per tile, the same code at any batch; batch 2000's plan is checked without running)."""
+    # ~100 programs of ≥ 1 row each (a GPU gets ~1000 at this batch and real sizes)
+    monkeypatch.setattr(launch, "_target_programs", lambda device: 100)
+    monkeypatch.setattr(plan, "MIN_ROWS_PER_PROG", 1)
+    b, c = 1024, 2
+    x = (0.5 + 2.0 * torch.randn(b, c, 1, 1)).contiguous(memory_format=CL)
+    tiles_per_prog, n_chunks = launch._chunking(b, 1, 1, 100, 1)
+    assert n_chunks > plan.PLAIN_FIN_BLOCK_K == plan._finalize_blocks(1)[1]
+    assert b % tiles_per_prog  # the last program has fewer tiles
+    rm, rv = 0.3 * torch.randn(c), 0.5 + torch.rand(c)
+    rm_ref, rv_ref = rm.double(), rv.double()
+    mean, rstd, _, _ = ghost_bn_stats_op(x, rm, rv, 1, False, False, 1e-5, 0.1, True)
+    x64 = x.double()
+    F.batch_norm(x64, rm_ref, rv_ref, training=True, momentum=0.1, eps=1e-5)
+    var = x64.var(dim=(0, 2, 3), unbiased=False)
+    assert_close(mean[0], x64.mean(dim=(0, 2, 3)), STATS_TOL, "mean")
+    assert_close(rstd[0], torch.rsqrt(var + 1e-5), STATS_TOL, "rstd")
+    assert_close(rm, rm_ref, STATS_TOL, "running_mean")
+    assert_close(rv, rv_ref, STATS_TOL, "running_var")
 
 
-@pytest.mark.gpu
-def test_irregular_strides_are_copied_to_contiguous():
-    case = Case(F32, (4, 5, 6, 6), 2, True, "celu", True, False)
-    x, bias, weight, rm, rv = make_inputs(case)
-    x_t = x.transpose(2, 3)  # neither contiguous nor channels_last
-    y = ghost_bn_act(
-        x_t, bias, rm.clone(), rv.clone(), weight=weight, splits=2, pool=True, backend="triton"
-    )
-    ref = ghost_bn_act_reference(
-        x_t, bias, rm.clone(), rv.clone(), weight=weight, splits=2, pool=True
-    )
-    assert_close(y, ref, TOL[F32], "y")
-    assert y.is_contiguous()
-
-
-@pytest.mark.gpu
-def test_chunked_reduction_is_deterministic():
-    """Several programs per split (two-stage reduction, no atomics): bitwise repeatable."""
-    case = Case(F32, (8, 4, 6, 6), 1, False, "celu", True, True)
-    x, bias, weight, rm, rv = make_inputs(case)
-    block_q = launch._tile_shape(4, 36, True, launch.TILE)[0]
-    tiles = 8 * launch._cdiv(36, block_q)
-    assert launch._chunking(tiles, 1, 1, launch._target_programs(x.device), block_q)[1] > 1
-    outs = []
-    for _ in range(2):
-        xs = x.clone().requires_grad_()
-        y = ghost_bn_act(
-            xs, bias, rm.clone(), rv.clone(), weight=weight, splits=1, backend="triton"
+@pytest.mark.parametrize("batch", [1024, 2000])
+def test_plain_bn_plan_at_airbench_sites(batch):
+    """On a GPU of NOMINAL_SMS SMs, at each airbench site and batch 1024 or 2000: the
+    reduction programs cover every tile exactly once (the last one possibly short) and the
+    finalize folds ~1000+ partials per channel in PLAIN_FIN_BLOCK_K-chunk steps; the AOT
+    specs' constexprs (what is compiled) do not depend on the batch."""
+    for _, channels, size, pool in AIRBENCH_SHAPES:
+        pixels = (size // 2) ** 2 if pool else size * size
+        block_q, block_c = plan._tile_shape(
+            channels, pixels, True, plan.TILE_POOL if pool else plan.TILE
         )
-        y.backward(torch.ones_like(y))
-        outs.append((y, xs.grad))
-    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+        tiles = batch * plan._cdiv(pixels, block_q)
+        per_prog, n_chunks = plan._chunking(
+            tiles, 1, plan._cdiv(channels, block_c), plan._target_programs(None), block_q
+        )
+        assert (n_chunks - 1) * per_prog < tiles <= n_chunks * per_prog
+        assert plan._finalize_blocks(1) == (1, plan.PLAIN_FIN_BLOCK_K)
+
+    def compiled(specs):
+        return {(s.kernel, tuple(sorted(s.constexprs.items())), s.num_warps) for s in specs}
+
+    assert compiled(aot_specs(airbench_sites(batch))) == compiled(aot_specs(airbench_sites()))
 
 
 # ---- custom ops -----------------------------------------------------------------------------
@@ -385,9 +397,37 @@ def test_opcheck_bwd(pool):
     x, bias, w, _, _, _, mean, rstd, pooled, argmax = _op_inputs(pool, True, channels_last=False)
     src = pooled if pool else x
     dy = torch.randn(src.shape).to(src.dtype)
+    h, w_ = x.shape[2:]
     torch.library.opcheck(
-        ghost_bn_act_bwd_op, (dy, src, argmax, mean, rstd, bias, w, pool, False, "relu", 0.3, True)
+        ghost_bn_act_bwd_op,
+        (dy, src, argmax, mean, rstd, bias, w, pool, False, "relu", 0.3, True, h, w_),
     )
+
+
+# Two cases (~5 s each under the interpreter): the activation is only a string to the ops'
+# registration, and the numbers of all three are checked by the tests above.
+@pytest.mark.parametrize("act,channels_last", [("gelu", True), ("silu", False)])
+@pytest.mark.gpu
+def test_opcheck_odd_pool_and_new_activations(act, channels_last):
+    """The three ops at an odd size with pool (5×7 → 2×3; dx back at 5×7) and a new
+    activation, both layouts: schema, fake functions (the floored pooled shapes and dx's odd
+    one), autograd registration and AOT dispatch."""
+    case = Case(F16, (2, 3, 5, 7), 1, True, act, True, channels_last)
+    x, bias, w, rm, rv = make_inputs(case)
+    stats_args = (x, rm.clone(), rv.clone(), 1, True, True, 1e-5, 0.1, True)
+    torch.library.opcheck(ghost_bn_stats_op, stats_args)
+    mean, rstd, pooled, argmax = ghost_bn_stats_op(*stats_args)
+    assert pooled.shape == argmax.shape == (2, 3, 2, 3)
+    fwd_args = (x, pooled, argmax, mean, rstd, bias, w, True, act, 0.3, True)
+    torch.library.opcheck(
+        ghost_bn_act_fwd_op,
+        tuple(t.requires_grad_() if t is x or t is bias or t is w else t for t in fwd_args),
+    )
+    dy = torch.randn(pooled.shape).to(F16)
+    bwd_args = (dy, pooled, argmax, mean, rstd, bias.detach(), w.detach(), True)
+    bwd_args += (channels_last, act, 0.3, True, 5, 7)
+    torch.library.opcheck(ghost_bn_act_bwd_op, bwd_args)
+    assert ghost_bn_act_bwd_op(*bwd_args)[0].shape == x.shape
 
 
 @pytest.mark.gpu
@@ -445,14 +485,18 @@ def test_error_batch_not_divisible_by_splits():
         _call(splits=3)
 
 
-def test_error_odd_height_with_pool():
-    with pytest.raises(ValueError, match="even H and W"):
-        _call(x=torch.randn(4, 4, 5, 6), pool=True)
+def test_error_pool_of_a_single_row():
+    """Odd sizes pool (floored), but a side of 1 would pool to nothing."""
+    with pytest.raises(ValueError, match="at least 2"):
+        _call(x=torch.randn(4, 4, 1, 6), pool=True)
+    with pytest.raises(ValueError, match="at least 2"):
+        x = torch.randn(4, 4, 6, 1)
+        ghost_bn_act(x, torch.zeros(4), torch.zeros(4), torch.ones(4), splits=2, pool=True)
 
 
 def test_error_bad_activation():
     with pytest.raises(ValueError, match="act must be"):
-        _call(act="gelu")
+        _call(act="swish")
     with pytest.raises(ValueError, match="alpha must be positive"):
         _call(act="celu", alpha=0.0)
 
@@ -481,6 +525,22 @@ def test_bytes_model_at_trainer_shapes(site):
     assert counted["eager"] == sum(counted["eager_detail"].values())
     no_grad = ghost_bn_act_bytes((512, c, h, w), torch.float16, pool, False, False)
     assert no_grad["triton"] < counted["triton"]
+
+
+def test_bytes_model_counts_floored_pool():
+    """31×31 pools to 15×15 like 30×30: every count is the same except dx (x's full size,
+    the dropped row and column written as zeros) and eager's max_pool2d backward (which
+    writes all of dx too); the pooled pass reads only the windows (4·M elements)."""
+    b, c = 64, 64
+    odd = ghost_bn_act_bytes((b, c, 31, 31), torch.float16, True, True, True, splits=1)
+    even = ghost_bn_act_bytes((b, c, 30, 30), torch.float16, True, True, True, splits=1)
+    extra = b * c * (31 * 31 - 30 * 30) * 2  # fp16 bytes of the dropped row and column
+    m = b * c * 15 * 15
+    for kind, dx_key in (("triton_detail", "bwd"), ("eager_detail", "max_pool2d_backward")):
+        for key, counted in odd[kind].items():
+            assert counted == even[kind][key] + (extra if key == dx_key else 0), (kind, key)
+    # pass 3 reads the pooled copy and writes y: M elements each
+    assert odd["triton_detail"]["fwd"] == 2 * m * 2 + 2 * c * 4 + 2 * c * 4
 
 
 # ---- ahead-of-time compilation ----------------------------------------------------------

@@ -82,7 +82,13 @@ def test_dry_run_walks_the_whole_plan_from_carried_data(tmp_path):
     done = _gpu_check("--dry-run", "--out", str(out), "--runs", "2", "--data-dir", str(carried))
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert [s["name"] for s in summary["stages"]] == ["data", "kernels", "bench", "train-final"]
+    assert [s["name"] for s in summary["stages"]] == [
+        "data",
+        "kernels",
+        "bench",
+        "train-final",
+        "train-speedrun-2025",
+    ]
     assert all(s["status"] == "passed" for s in summary["stages"]), summary["stages"]
     assert summary["passed"] and summary["failed"] == []
     counts = summary["kernel_tests"]
@@ -151,7 +157,8 @@ def test_the_plan_on_a_gpu_runs_compiled_kernels_on_cuda(tmp_path):
     args = gpu_check.parse_args(["--runs", "10"])
     plan = gpu_check.make_plan(args, tmp_path / "out", archive.parent, False)
     by_name = {s.name: s for s in plan}
-    assert list(by_name) == ["kernels", "bench", "train-final"]
+    assert list(by_name) == ["kernels", "bench", "train-final", "train-speedrun-2025"]
+    assert by_name["train-speedrun-2025"].command[3:5] == ["--preset", "speedrun-2025"]
     assert by_name["kernels"].env["TRITON_INTERPRET"] == "0"
     assert "-m" in by_name["kernels"].command and "gpu" in by_name["kernels"].command
     train = by_name["train-final"].command
@@ -159,3 +166,13 @@ def test_the_plan_on_a_gpu_runs_compiled_kernels_on_cuda(tmp_path):
     assert train[train.index("--device") + 1] == "cuda"
     assert train[train.index("--data-dir") + 1] == str(archive.parent)
     assert sum(s.limit_s for s in plan) <= 8 * 60  # the 8-minute promise, stage by stage
+    assert "--no-aot" in by_name["bench"].command  # CI compiles the AOT report, not the GPU
+
+
+def test_unknown_recipe_is_refused_in_one_line():
+    done = _gpu_check("--dry-run", "--recipes", "final,airbench95")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: --recipes 'final,airbench95': unknown recipe airbench95; use 'final' or "
+        "preset names (python -m train --list-presets)"
+    ]

@@ -178,6 +178,14 @@ def test_ops_launch_on_their_inputs_device_and_are_counted(monkeypatch):
         "_ghost_bn_act_bwd_kernel": 1,
     }
     assert augmentation == {"_augment_fwd_kernel": 1}
+    # The launch counts the roofline model charges host time for are these.
+    from bench.workloads import TRITON_LAUNCHES
+
+    assert TRITON_LAUNCHES == {
+        "bn_fwd": sum(forward.values()),
+        "bn_bwd": sum(backward.values()),
+        "augment": sum(augmentation.values()),
+    }
     assert len(guarded) == 7
     assert all(device == x.device for _, device in guarded)
 
@@ -250,3 +258,93 @@ def test_interpreter_fma_is_exact_from_triton_3_9():
 def test_spills_are_allowed_only_before_the_tuned_triton():
     assert aot_spill_allowance((3, 9)) == aot_spill_allowance((3, 12)) == 0
     assert aot_spill_allowance((3, 6)) == 48
+
+
+def test_a_triton_op_registration_runs_the_kernels(monkeypatch):
+    """On a GPU the ops are ``torch.library.triton_op``s and every launch goes through
+    ``wrap_triton``. That path, called outside a compiled graph, runs the same kernels: here
+    through the interpreter, on the augmentation, against its reference. (What a compiled
+    graph makes of it, Inductor launching the kernels itself, needs a GPU: see
+    ``test_compiled_graph_launches_the_kernels_itself``.)"""
+    import kernels._common as common
+    from kernels.augment.op import _augment_op_impl
+
+    monkeypatch.setattr(common, "registers_triton_ops", lambda: True)
+    monkeypatch.setattr(launch_module, "registers_triton_ops", lambda: True)
+    wrapped: list[str] = []
+    real_wrap = torch.library.wrap_triton
+
+    def recording_wrap(kernel):
+        wrapped.append(kernel.__name__)
+        return real_wrap(kernel)
+
+    monkeypatch.setattr(torch.library, "wrap_triton", recording_wrap)
+    op = common.register_kernel_op("augment_as_triton_op", _augment_op_impl, mutates_args=())
+    assert type(op).__name__ == "CustomOpDef"
+    data = torch.randint(0, 256, (5, 3, 6, 6), dtype=torch.uint8)
+    indices = torch.tensor([4, 0, 2])
+    crop, flip, cutout = kernels.random_augment_params(3, pad=1, cutout_size=2, height=6, width=6)
+    mean, std = [120.0, 110.0, 100.0], [60.0, 61.0, 62.0]
+    got = op(data, indices, crop, flip, cutout, 2, 1, mean, std, torch.float32)
+    want = kernels.augment_reference(
+        data,
+        indices,
+        crop,
+        flip,
+        cutout,
+        cutout_size=2,
+        pad=1,
+        mean=mean,
+        std=std,
+        out_dtype=torch.float32,
+    )
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert wrapped == ["_augment_fwd_kernel"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and not kernels.interpreting()),
+    reason="Inductor emits its own launches of a triton_op's kernels only when it compiles "
+    "for a GPU (gpu-check runs this with TRITON_INTERPRET=0 on CUDA)",
+)
+def test_compiled_graph_launches_the_kernels_itself():
+    """A compiled function around the fused BN op: Inductor's generated code launches the
+    Triton kernels itself, with no call back into the ``cifar_kernels`` op."""
+    from torch._inductor.utils import run_and_get_code
+
+    x = torch.randn(8, 16, 8, 8, device="cuda", requires_grad=True)
+    bias = torch.zeros(16, device="cuda", requires_grad=True)
+    running = (torch.zeros(16, device="cuda"), torch.ones(16, device="cuda"))
+
+    def site(x, bias):
+        return kernels.ghost_bn_act(x, bias, *running, splits=2, pool=True, backend="triton")
+
+    out, (code, *_) = run_and_get_code(torch.compile(site), x, bias)
+    assert "_ghost_bn_act_fwd_kernel" in code
+    assert "torch.ops.cifar_kernels" not in code
+    torch.testing.assert_close(out, site(x, bias))
+
+
+def test_launch_plans_are_cached_per_shape():
+    """A second call at the same shape looks its launch plan up: every plan function hits
+    its cache and none computes afresh."""
+    import importlib
+
+    plan = importlib.import_module("kernels.ghost_bn_act.plan")
+    functions = [plan._tile_shape, plan._chunking, plan._finalize_blocks, plan._argmax_vec]
+    x = torch.randn(4, 3, 5, 6, requires_grad=True)
+    bias = torch.zeros(3, requires_grad=True)
+
+    def call():
+        y = kernels.ghost_bn_act(
+            x, bias, torch.zeros(3), torch.ones(3), splits=2, pool=True, backend="triton"
+        )
+        y.sum().backward()
+
+    call()
+    before = [f.cache_info() for f in functions]
+    call()
+    after = [f.cache_info() for f in functions]
+    assert [a.misses for a in after] == [b.misses for b in before]
+    assert all(a.hits > b.hits for a, b in zip(after, before))

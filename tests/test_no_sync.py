@@ -13,14 +13,13 @@ which reads the epoch's sums once, runs outside it.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 
 import pytest
 import torch
+from tiny_training import TINY_CONFIG, tiny_data
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import train.trainer as trainer_module
-from train.config import TrainConfig
 from train.runtime import Runtime
 from train.trainer import Trainer
 
@@ -67,28 +66,6 @@ class NoHostSync(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-@dataclass
-class TinyData:
-    """The fields of :class:`train.data.Cifar10` that the trainer reads."""
-
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    classes: list[str] = field(default_factory=lambda: [str(i) for i in range(10)])
-
-
-def tiny_data(train: int, test: int) -> TinyData:
-    generator = torch.Generator().manual_seed(0)
-
-    def split(count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = torch.randint(0, 10, (count,), generator=generator)
-        images = torch.randint(0, 256, (count, 3, 32, 32), generator=generator, dtype=torch.uint8)
-        return images, labels
-
-    return TinyData(*split(train), *split(test))
-
-
 def watch_step_loops(monkeypatch) -> list[NoHostSync]:
     """Put every epoch's step loop of the trainer under its own :class:`NoHostSync`; returns
     the modes, one per epoch, as they are used."""
@@ -105,17 +82,7 @@ def watch_step_loops(monkeypatch) -> list[NoHostSync]:
     return modes
 
 
-CONFIG = TrainConfig(
-    width=0.0625,
-    batch_size=32,
-    epochs=2,
-    cutout=8,
-    ema_every=2,
-    eval_every=1,
-    eval_batch_size=64,
-    warmup_steps=0,
-    device="cpu",
-)
+CONFIG = TINY_CONFIG
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,12 @@
-"""The presets against an independent, hand-written statement of the seed's ladder."""
+"""The presets against an independent, hand-written statement of both ladders: the seed's,
+and the second one from its final recipe to the 2025 speedrun (shared/docs/RECIPE.md)."""
 
 from __future__ import annotations
 
 import pytest
 
 from train.config import ConfigError, TrainConfig
-from train.presets import PRESETS, describe_presets, diff_configs, preset_config
+from train.presets import LADDERS, PRESETS, describe_presets, diff_configs, preset_config
 
 # The seed's table (shared/docs/RECIPE.md), written out again by hand: name, epochs, and
 # the set of TrainConfig fields that step changes relative to the previous preset.
@@ -29,8 +30,64 @@ LADDER = [
 ]
 
 
+# The second ladder, written out again: name, epochs, and the fields each step changes
+# relative to the previous preset (the first one relative to 'tta').
+SECOND_LADDER = [
+    (
+        "ab-net",
+        10,
+        {
+            "network",
+            "activation",
+            "ghost_batch",
+            "bn_eps",
+            "bn_momentum",
+            "whitening_patch_size",
+            "whitening_eps",
+            "whitening_images",
+            "output_scale",
+        },
+    ),
+    ("ab-sgd", 10, {"sgd_form", "lr", "weight_decay", "momentum"}),
+    ("ab-schedule", 10, {"lr_schedule", "lr_floor"}),
+    ("ab-batch", 10, {"batch_size"}),
+    ("ab-translate", 10, {"pad"}),
+    ("ab-flip", 10, {"flip"}),
+    ("ab-lookahead", 10, {"lookahead", "ema"}),
+    ("ab-tta", 10, {"tta"}),
+    ("airbench94", 9.9, {"epochs"}),
+    (
+        "ab-muon",
+        9.9,
+        {"optimizer", "lr", "weight_decay", "lr_schedule", "lr_floor", "lookahead"},
+    ),
+    ("airbench94-muon", 8, {"batch_size", "epochs"}),
+    (
+        "sr-net",
+        8,
+        {
+            "activation",
+            "bn_momentum",
+            "whitening_images",
+            "whitening_bias_init",
+            "head_unit_std",
+            "output_scale",
+        },
+    ),
+    ("sr-smoothing", 8, {"label_smoothing"}),
+    ("sr-muon", 8, {"muon_lr", "muon_momentum", "muon_renormalize_every", "momentum"}),
+    ("sr-whiten-bias", 8, {"whitening_bias_epochs"}),
+    ("sr-jitter", 8, {"jitter"}),
+    ("sr-tta", 8, {"tta"}),
+    ("speedrun-2025", 7.6, {"batch_size", "epochs"}),
+]
+BOTH = [("tta", 10, None), *SECOND_LADDER]
+
+
 def test_names_and_order_follow_the_seed():
-    assert list(PRESETS) == [name for name, _, _ in LADDER]
+    first, second = [n for n, _, _ in LADDER], [n for n, _, _ in SECOND_LADDER]
+    assert list(PRESETS) == first + second
+    assert LADDERS == {"seed": tuple(first), "airbench": tuple(second)}
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -87,6 +144,68 @@ def test_step_values():
     assert preset_config("tta").floor == 2
 
 
+@pytest.mark.parametrize("i", range(1, len(BOTH)))
+def test_each_second_ladder_step_changes_exactly_its_fields(i):
+    prev_name, _, _ = BOTH[i - 1]
+    name, epochs, expected = BOTH[i]
+    changed = diff_configs(preset_config(prev_name), preset_config(name))
+    assert set(changed) == expected, f"{prev_name} -> {name}"
+    assert set(PRESETS[name].changes) == expected
+    assert preset_config(name).epochs == epochs == PRESETS[name].seed_epochs
+    assert PRESETS[name].ladder == "airbench"
+
+
+# The sources' published figures (RECIPE.md), and which rows have none.
+SOURCE_FIGURES = {
+    "airbench94": (94.01, 3.29, 9.9, 1024),
+    "airbench94-muon": (94.01, 2.59, 8, 2000),
+    "speedrun-2025": (94.00, 2.015, 7.6, 1536),
+}
+
+
+@pytest.mark.parametrize("name", [n for n, _, _ in SECOND_LADDER])
+def test_second_ladder_source_figures(name):
+    preset = PRESETS[name]
+    if name in SOURCE_FIGURES:
+        acc, seconds, epochs, batch = SOURCE_FIGURES[name]
+        assert (preset.seed_acc, preset.seed_time_s, preset.source_device) == (acc, seconds, "A100")
+        c = preset_config(name)
+        assert (c.epochs, c.batch_size) == (epochs, batch)
+    else:
+        assert preset.seed_acc is None and preset.seed_time_s is None
+
+
+def test_airbench94_is_the_recipe():
+    c = preset_config("airbench94")
+    assert c.network == "airbench" and c.airbench_widths == (64, 256, 256) and c.width == 1
+    assert c.activation == "gelu" and c.ghost_batch == 0 and c.frozen_bn_scale
+    assert (c.bn_eps, c.bn_momentum) == (1e-12, pytest.approx(1 - 0.6))
+    assert (c.whitening_patch_size, c.whitening_eps, c.whitening_images) == (2, 5e-4, 5000)
+    assert c.whitening_bias_epochs == 3 and c.output_scale == 1 / 9
+    assert (c.sgd_form, c.lr, c.weight_decay, c.momentum) == ("airbench", 11.5, 0.0153, 0.85)
+    assert c.nesterov and c.bias_lr_mult == 64 and c.label_smoothing == 0.2
+    assert (c.lr_schedule, c.lr_floor) == ("airbench", 0.07)
+    assert (c.pad, c.flip, c.cutout) == (2, "alternating", 0)
+    assert c.lookahead and c.lookahead_every == 5 and not c.ema
+    assert c.tta == "multiview" and c.optimizer == "sgd"
+
+
+def test_muon_and_speedrun_recipes():
+    m = preset_config("airbench94-muon")
+    assert (m.optimizer, m.muon_lr, m.muon_momentum, m.muon_ns_steps) == ("muon", 0.24, 0.6, 3)
+    assert m.muon_renormalize_every == 1 and m.momentum == 0.85
+    assert (m.lr_schedule, m.lr_floor) == ("linear_decay", 0.0) and not m.lookahead
+    assert m.weight_decay / 1024 == pytest.approx(2e-6)  # per example of the batch
+    s = preset_config("speedrun-2025")
+    assert s.activation == "silu" and s.bn_momentum == pytest.approx(1 - 0.5566)
+    assert s.label_smoothing == 0.09 and (s.muon_lr, s.muon_momentum) == (0.205, 0.655)
+    assert s.momentum == 0.825 and s.muon_renormalize_every == 8
+    assert s.jitter == 0.1 and (s.tta, s.tta_fraction) == ("selective", 0.25)
+    assert s.whitening_patch_size == 2 and s.whitening_eps == 5e-4
+    assert s.whitening_bias_init == "default" and s.head_unit_std
+    assert s.output_scale == 1 / 256
+
+
 def test_final_preset_is_the_default_recipe():
     assert preset_config("tta") == TrainConfig()
     assert PRESETS["tta"].overrides == {}
@@ -140,5 +259,9 @@ def test_describe_presets_lists_every_preset():
     text = describe_presets()
     for name, preset in PRESETS.items():
         line = next(row for row in text.splitlines() if row.startswith(name + " "))
-        assert f" {preset.seed_epochs} " in line
-        assert f"{preset.seed_time_s:.0f} s" in line
+        assert f" {preset.seed_epochs:g} " in line
+        if preset.seed_time_s is None:
+            assert " - " in line
+        else:
+            assert f"{preset.seed_time_s:g} s {preset.source_device}" in line
+    assert "94.01%" in text and "3.29 s A100" in text and "2.015 s A100" in text

@@ -270,7 +270,7 @@ def test_fused_sgd_with_tensor_rates_takes_the_foreach_steps(nesterov):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"epochs": -1}, r"--epochs must be an integer in \[1, .*got -1"),
+        ({"epochs": -1}, r"--epochs must be a finite number in \[1, .*got -1"),
         ({"batch_size": 100}, "not divisible by the ghost-BN split of 32"),
         ({"backend": "cuda-magic"}, "unknown backend"),
         ({"width": 0}, r"--width must be a finite number in \(0, .*got 0"),
@@ -298,10 +298,10 @@ def test_ghost_splits_follow_batch_size():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--epochs", "-3"], "argument --epochs: must be an integer in [1, "),
+        (["--epochs", "-3"], "argument --epochs: must be a finite number in [1, "),
         (["--batch-size", "100", "--device", "cpu"], "not divisible by the ghost-BN split"),
         (["--backend", "magic"], "invalid choice"),
-        (["--epochs", "ten"], "argument --epochs: must be an integer in [1, "),
+        (["--epochs", "ten"], "argument --epochs: must be a finite number in [1, "),
         (["--train-subset", "0"], "argument --train-subset: must be an integer in [1, "),
     ],
 )

@@ -36,6 +36,7 @@ The file itself (atomic writes, the weights-only read and its refusals) is
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -164,7 +165,8 @@ def make_checkpoint(
 
 def is_finished(checkpoint: Mapping[str, Any]) -> bool:
     """Whether the checkpoint holds a run that trained all its epochs."""
-    return int(checkpoint["progress"]["epoch"]) > int(checkpoint["config"]["epochs"])
+    # ceil: a fractional run (9.9 epochs) begins 10 epochs, the last one partial.
+    return int(checkpoint["progress"]["epoch"]) > math.ceil(checkpoint["config"]["epochs"])
 
 
 # ------------------------------------------------------------------------------ checks

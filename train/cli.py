@@ -139,6 +139,10 @@ def _run_under_torchrun(
     try:  # leave the group however this ends, so that torchrun sees a clean exit
         try:
             if config.distribute == "data":  # reported before any data is loaded
+                if config.network == "airbench":
+                    from train.build import data_parallel_airbench_refusal
+
+                    raise ConfigError(data_parallel_airbench_refusal())
                 per_rank_batch(config.batch_size, config.ghost_batch, ctx)
             config = config.replace(device=rank_device(config.device, ctx))
             code = _run(config, plot_dir, None, None, ctx)
@@ -253,7 +257,8 @@ def _train_and_report(
         f"device: {runtime.device_name} | backend {runtime.backend} | "
         f"{str(runtime.dtype).replace('torch.', '')} | {data.train_images.shape[0]} train / "
         f"{data.test_images.shape[0]} test images | width {config.width} | batch "
-        f"{config.batch_size} | {config.epochs} epochs{processes}",
+        f"{config.batch_size} | {config.epochs} epochs{processes}"
+        + (" | network airbench" if config.network == "airbench" else ""),
         flush=True,
     )
     if spread_runs:

@@ -30,9 +30,15 @@ class WeightAverage:
     @torch.no_grad()
     def update(self) -> None:
         """average ← ρ·average + (1 − ρ)·current (all on the device, no sync)."""
+        self.lerp()
+        self.updates += 1
+
+    @torch.no_grad()
+    def lerp(self) -> None:
+        """The device half of :meth:`update` (what a CUDA graph captures): the average moves,
+        the host's count of updates does not."""
         sources = [s.float() for s in self._sources]
         torch._foreach_lerp_(self.average, sources, 1.0 - self.rho)
-        self.updates += 1
 
     @property
     def correction(self) -> float:

@@ -1,4 +1,5 @@
-"""Test-set evaluation, with left-right flip test-time augmentation."""
+"""Test-set evaluation, with test-time augmentation: none, the left-right flip (the seed's),
+airbench94's six weighted views, or the selective variant (:mod:`train.tta`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import nn
 
 import kernels
 from train.loss import label_smoothing_loss
+from train.tta import multiview_logits, selective_logits, tta_mode
 
 
 @dataclass
@@ -44,7 +46,7 @@ def evaluate(
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
-    tta: bool,
+    tta: bool | str,
     mean: Sequence[float],
     std: Sequence[float],
     dtype: torch.dtype,
@@ -52,10 +54,19 @@ def evaluate(
     batch_size: int,
     smoothing: float,
     autocast,
+    tta_fraction: float = 0.25,
 ) -> Evaluation:
     """Evaluate ``model`` (already in eval mode) on uint8 ``images`` (N, 3, H, W) and int64
     ``labels`` (N,) on the device. The loss is the training objective (label-smoothed) per
-    image, so train and test losses compare directly."""
+    image, so train and test losses compare directly.
+
+    ``tta``: ``True``/"flip" (mean of each image's and its mirror's logits, the mirror made by
+    the augmentation kernel), ``False``/"none", "multiview" (airbench94's six views) or
+    "selective" (flip TTA, plus the six views for the least-confident ``tta_fraction`` of
+    each batch of ``batch_size``: choose a batch size that divides the test set for the
+    fraction to hold over the whole set, e.g. 2000 or 1000 of 10,000).
+    """
+    mode = tta_mode(tta)
     count = images.shape[0]
     device = images.device
     loss_sum = torch.zeros((), device=device)
@@ -76,10 +87,17 @@ def evaluate(
         )
         inputs = kernels.augment(images, indices, no_crop, no_flip, no_crop, **common)
         flipped = (
-            kernels.augment(images, indices, no_crop, ~no_flip, no_crop, **common) if tta else None
+            kernels.augment(images, indices, no_crop, ~no_flip, no_crop, **common)
+            if mode in ("flip", "selective")
+            else None
         )
         with autocast:
-            logits = tta_logits(model, inputs, flipped)
+            if mode == "multiview":
+                logits = multiview_logits(model, inputs)
+            else:
+                logits = tta_logits(model, inputs, flipped)
+                if mode == "selective":
+                    logits = selective_logits(model, inputs, tta_fraction, base=logits)
         target = labels[indices]
         loss_sum += label_smoothing_loss(logits, target, smoothing)
         correct += (logits.argmax(dim=1) == target).sum()

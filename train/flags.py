@@ -16,11 +16,21 @@ from collections.abc import Callable
 from typing import Any
 
 from train.config import (
+    ACTIVATION_CHOICES,
     BACKEND_CHOICES,
     CPU_QUICK_OVERRIDES,
+    CUDA_GRAPH_CHOICES,
     DISTRIBUTE_CHOICES,
+    FLIP_CHOICES,
+    LR_SCHEDULE_CHOICES,
+    MAX_AIRBENCH_WIDTH,
+    NETWORK_CHOICES,
     NUMERIC_RANGES,
+    OPTIMIZER_CHOICES,
     PRECISION_CHOICES,
+    SGD_FORM_CHOICES,
+    TTA_CHOICES,
+    WHITENING_BIAS_INIT_CHOICES,
     ConfigError,
     TrainConfig,
     check_number,
@@ -77,10 +87,47 @@ def number_type(name: str) -> Callable[[str], int | float]:
             raise argparse.ArgumentTypeError(
                 f"must be {allowed.describe()}; got {text!r}"
             ) from None
+        if name == "epochs" and value == int(value):
+            value = int(value)  # "--epochs 10" stays the integer 10 (tables, JSON, presets)
         return value
 
     parse.__name__ = allowed.kind.__name__
     return parse
+
+
+#: What ``--flip MODE`` and ``--tta MODE`` store: the seed's booleans where they exist, so a
+#: config given as ``--flip random`` equals the default one (and its checkpoints).
+_FLIP_VALUES = {"random": True, "alternating": "alternating", "none": False}
+_TTA_VALUES = {"flip": True, "none": False, "multiview": "multiview", "selective": "selective"}
+
+
+def mode_type(name: str, values: dict[str, Any]) -> Callable[[str], Any]:
+    """The argparse type of a mode flag: one of ``values``' names, stored as its value."""
+
+    def parse(text: str) -> Any:
+        if text not in values:
+            raise argparse.ArgumentTypeError(
+                f"must be one of {', '.join(values)}; got {text!r}"
+            ) from None
+        return values[text]
+
+    parse.__name__ = name
+    return parse
+
+
+def widths_type(text: str) -> tuple[int, int, int]:
+    """``--airbench-widths 64,256,256``: three integers in [1, MAX_AIRBENCH_WIDTH]."""
+    parts = text.split(",")
+    try:
+        widths = tuple(int(part) for part in parts)
+    except ValueError:
+        widths = ()
+    if len(widths) != 3 or not all(1 <= w <= MAX_AIRBENCH_WIDTH for w in widths):
+        raise argparse.ArgumentTypeError(
+            f"must be three integers in [1, {MAX_AIRBENCH_WIDTH:,}] separated by commas "
+            f"(e.g. 64,256,256); got {text!r}"
+        )
+    return widths  # type: ignore[return-value]
 
 
 def on_off(text: str) -> bool:
@@ -146,7 +193,7 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
         action="store_false",
         help="evaluate without flip test-time augmentation",
     )
-    g.add_argument("--activation", choices=("celu", "relu"))
+    g.add_argument("--activation", choices=ACTIVATION_CHOICES)
     g.add_argument("--celu-alpha", type=number_type("celu_alpha"))
     g.add_argument(
         "--ghost-batch",
@@ -166,6 +213,8 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
         help="preprocess and augment on the device (default on); off: on the "
         "host, moving each batch, as the seed's baseline did",
     )
+    _airbench_flags(p)
+    g = p.add_argument_group("recipe")
     g.add_argument(
         "--eval-every",
         type=number_type("eval_every"),
@@ -184,6 +233,12 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
     )
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--precision", choices=PRECISION_CHOICES)
+    g.add_argument(
+        "--cuda-graphs",
+        choices=CUDA_GRAPH_CHOICES,
+        help="replay each training step from a CUDA graph: auto (default; on a GPU, checked "
+        "against an uncaptured step during the warm-up, off if that fails), on, off",
+    )
     g.add_argument(
         "--warmup-steps", type=number_type("warmup_steps"), help="throwaway steps before the clock"
     )
@@ -232,6 +287,105 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
         help="write PNGs: training curves, augmented examples, whitening filters",
     )
     return p
+
+
+def _airbench_flags(p: argparse.ArgumentParser) -> None:
+    """The airbench family's tricks (the second ladder of presets), each a flag."""
+    g = p.add_argument_group("airbench family (defaults: the seed's recipe)")
+    g.add_argument("--network", choices=NETWORK_CHOICES, help="resnet9 (default) or airbench's net")
+    g.add_argument(
+        "--airbench-widths",
+        type=widths_type,
+        metavar="W1,W2,W3",
+        help="airbench's block widths at --width 1 (default 64,256,256)",
+    )
+    g.add_argument("--bn-eps", type=number_type("bn_eps"), help="BN eps (default 1e-5)")
+    g.add_argument(
+        "--bn-momentum",
+        type=number_type("bn_momentum"),
+        help="BN momentum, PyTorch's convention (default 0.1; airbench94 0.4)",
+    )
+    g.add_argument(
+        "--whitening-patch-size",
+        type=number_type("whitening_patch_size"),
+        metavar="K",
+        help="whitening patch side (ResNet9: 3; airbench: 2)",
+    )
+    g.add_argument("--whitening-eps", type=number_type("whitening_eps"))
+    g.add_argument(
+        "--whitening-images",
+        type=number_type("whitening_images"),
+        metavar="N",
+        help="training images the whitening filters come from",
+    )
+    g.add_argument(
+        "--whitening-bias-epochs",
+        type=number_type("whitening_bias_epochs"),
+        metavar="E",
+        help="airbench: train the whitening bias for the first E epochs, then freeze it "
+        "(default 3)",
+    )
+    g.add_argument("--whitening-bias-init", choices=WHITENING_BIAS_INIT_CHOICES)
+    g.add_argument("--head-unit-std", type=on_off, metavar="on|off")
+    g.add_argument("--output-scale", type=number_type("output_scale"))
+    g.add_argument(
+        "--pad",
+        type=number_type("pad"),
+        metavar="PX",
+        help="reflect padding = random translation ±PX (default 4; airbench 2)",
+    )
+    g.add_argument(
+        "--flip",
+        type=mode_type("flip", _FLIP_VALUES),
+        metavar="|".join(FLIP_CHOICES),
+        help="left-right flips in training (default random)",
+    )
+    g.add_argument(
+        "--no-flip", dest="flip", action="store_false", help="no flips in training (= --flip none)"
+    )
+    g.add_argument(
+        "--jitter",
+        type=number_type("jitter"),
+        help="brightness and contrast jitter ±J per image (default 0 = off)",
+    )
+    g.add_argument("--optimizer", choices=OPTIMIZER_CHOICES)
+    g.add_argument(
+        "--sgd-form",
+        choices=SGD_FORM_CHOICES,
+        help="seed (default): lr per mean gradient; airbench: lr and decay per 1024 "
+        "examples, decoupled decay",
+    )
+    g.add_argument("--momentum", type=number_type("momentum"))
+    g.add_argument("--weight-decay", type=number_type("weight_decay"))
+    g.add_argument("--bias-lr-mult", type=number_type("bias_lr_mult"))
+    g.add_argument("--head-lr-mult", type=number_type("head_lr_mult"))
+    g.add_argument("--whitening-bias-lr-mult", type=number_type("whitening_bias_lr_mult"))
+    g.add_argument("--muon-lr", type=number_type("muon_lr"))
+    g.add_argument("--muon-momentum", type=number_type("muon_momentum"))
+    g.add_argument("--muon-ns-steps", type=number_type("muon_ns_steps"))
+    g.add_argument("--muon-renormalize-every", type=number_type("muon_renormalize_every"))
+    g.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULE_CHOICES,
+        help="piecewise (default), airbench (0.2 -> 1 at 23%% of the steps -> --lr-floor), "
+        "linear_decay (1 -> --lr-floor)",
+    )
+    g.add_argument(
+        "--lr-floor", type=number_type("lr_floor"), help="end of the decay, fraction of the peak"
+    )
+    g.add_argument("--lookahead", type=on_off, metavar="on|off")
+    g.add_argument("--lookahead-every", type=number_type("lookahead_every"), metavar="K")
+    g.add_argument(
+        "--tta",
+        type=mode_type("tta", _TTA_VALUES),
+        metavar="|".join(TTA_CHOICES),
+        help="test-time augmentation (default flip)",
+    )
+    g.add_argument(
+        "--tta-fraction",
+        type=number_type("tta_fraction"),
+        help="selective TTA: share of each evaluation batch given the six views (default 0.25)",
+    )
 
 
 #: Flags of the parser that are not configuration fields.

@@ -8,7 +8,12 @@ from torch import nn
 from train.config import TrainConfig
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig, fused: bool = False) -> torch.optim.SGD:
+def make_optimizer(
+    model: nn.Module,
+    config: TrainConfig,
+    fused: bool = False,
+    groups: dict[str, list[nn.Parameter]] | None = None,
+) -> torch.optim.SGD:
     """SGD over two groups: conv/linear weights and learnable BN scales (weight decay
     5e-4 × batch; the seed grouped by ``'bias' in name``), and the BN biases, whose learning
     rate is ×``bias_lr_mult`` and weight decay ÷``bias_wd_div``
@@ -23,8 +28,12 @@ def make_optimizer(model: nn.Module, config: TrainConfig, fused: bool = False) -
     per group instead of a handful of foreach ones. The trainer asks for it on a GPU; without
     it, foreach SGD with float learning rates (the CPU default, where the fused kernel gains
     nothing).
+
+    ``groups``: ``{"weights", "bn_biases", "bn_weights": [parameters]}`` (default:
+    ``model.param_groups()``, ResNet9's roles; :func:`train.build.build_optimizer` passes
+    airbench's net regrouped so).
     """
-    groups = model.param_groups()
+    groups = model.param_groups() if groups is None else groups
     weight_decay = config.weight_decay * config.batch_size
     param_groups = [
         {

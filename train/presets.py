@@ -1,4 +1,6 @@
-"""The seed's ladder of steps as named presets, from its 24-epoch baseline to the final recipe.
+"""Two ladders of named presets: the seed's, from its 24-epoch baseline to its final recipe,
+and a second one from that final recipe through airbench94 and airbench94_muon to the 2025
+speedrun, the fastest recipe this project knows.
 
 Myrtle's "How to train your ResNet 8: bag of tricks" reaches 94% on CIFAR-10 by stacking
 small improvements and trading each one for fewer epochs. Every row of that table
@@ -42,6 +44,56 @@ Numbers that the shared docs do not spell out, and how they were settled:
   The ``gpu-data`` step turns it back on (the default).
 * EMA's ``ema_every=5`` and ``ema_momentum=0.99`` are the config's defaults at every step
   (they only act once ``ema`` is on), so the EMA step changes ``ema`` itself.
+
+The second ladder
+-----------------
+From ``tta`` (the seed's final recipe) one change per preset to airbench94, then its Muon
+variant, then the 2025 speedrun's changes one by one (``shared/docs/RECIPE.md``). Only three
+rows have a published figure, the sources' own (not measured here): ``airbench94`` (94.01%
+in 3.29 s on an A100, 9.9 epochs), ``airbench94-muon`` (94.01% in 2.59 s on an A100, 8
+epochs, batch 2000) and ``speedrun-2025`` (94.00% in 2.015 s on an A100 with locked clocks,
+7.6 epochs, batch 1536); the rows between them are this project's decomposition, at the
+previous published row's epochs, with no figure. Assumptions, and how they were settled:
+
+* **Order.** The network first (``ab-net``), then the optimiser's form, the schedule's shape,
+  the batch, the data (translate, flip), the weight averaging, the TTA, and last the epochs
+  each source trained for: so every intermediate row is "the previous recipe plus one trick",
+  and the row with the source's epochs is the source's whole recipe.
+* **ab-net** is airbench94's network as a whole (2×2 whitening with negations from 5,000
+  images, eps 5e-4, its bias trained for the first 3 epochs — ``whitening_bias_epochs``'s
+  default —, GELU, widths 64/256/256, plain BN with eps 1e-12 and PyTorch momentum 0.4 =
+  airbench's 0.6, logits × 1/9). It keeps the seed's optimiser, schedule, batch, data and
+  EMA; whether the seed's lr 1.0 suits that net is not known (no source trained it so).
+* **ab-sgd**: airbench94's numbers per 1024 examples (lr 11.5, weight decay 0.0153, Nesterov
+  0.85), decoupled decay; BN biases × 64 (``bias_lr_mult``, already the seed's 64), head and
+  whitening bias × 1 (airbench94 puts both with the filters). ``bias_wd_div`` has no role in
+  this form (the decay is the same for every group at the peak).
+* **ab-schedule**: airbench94's triangle, 0.2 of the peak at step 0, the peak at
+  ``int(0.23·T)``, 0.07 at the last step (the 0.2 start is airbench94's ``triangle(start=
+  0.2)``; RECIPE.md gives the 23% and the 0.07).
+* **ab-lookahead** replaces the seed's EMA by airbench94's lookahead (airbench94 has no EMA).
+* **ab-muon** is airbench94_muon's optimiser as one change: Muon (lr 0.24, momentum 0.6, 3
+  Newton–Schulz steps, filters renormalised every step) on the filters, Nesterov SGD 0.85 on
+  the rest at its per-step rates (BN and whitening biases 0.053, head 0.67) with decay 2e-6
+  per example (``weight_decay`` 0.002048 per 1024), its linear decay to 0 (the whitening
+  bias's rate decays over its own 3 epochs), and no lookahead (airbench94_muon has none).
+  ``lr`` goes back to 1.0: Muon's SGD side does not read it (the config refuses another).
+* **sr-net**: the speedrun's network changes: SiLU in the blocks (GELU still after the
+  whitening), BN momentum 0.5566 in its convention (PyTorch 0.4434), whitening from 960
+  images ("a few hundred" in RECIPE.md; 960 from :meth:`model.airbench.AirbenchConfig.
+  speedrun2025`), a default-initialised whitening bias, the head rescaled to unit std and
+  logits ÷ 256. Its fp16 BN is not taken (BN stays in float32 here).
+* **sr-muon**: Muon lr 0.205, momentum 0.655, renormalised every 8 steps; SGD momentum 0.825.
+  The speedrun's own SGD rates and Newton–Schulz steps are not in RECIPE.md: airbench94_
+  muon's are kept. Its schedule is kept too (linear decay).
+* **sr-whiten-bias**: the whitening bias trains for 0.19 of an epoch's steps
+  (``whitening_bias_epochs=0.19``), as :mod:`model.airbench` reads the speedrun. RECIPE.md
+  says "the first 19% of steps", which would be about 1.44 epochs at 7.6: doubtful, so
+  recorded here.
+* **sr-jitter**: brightness and contrast ±0.1 (``jitter=0.1``); **sr-tta**: six views on
+  the 25% least-confident test images (``tta_fraction`` 0.25, the default).
+* The speedrun's compile mode, fp16 BN and fused SGD are how it runs, not what it computes:
+  no preset field.
 """
 
 from __future__ import annotations
@@ -57,6 +109,7 @@ from train.config import ConfigError, TrainConfig
 
 __all__ = [
     "BASELINE_CHANGES",
+    "LADDERS",
     "PRESETS",
     "Preset",
     "describe_presets",
@@ -67,27 +120,33 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Preset:
-    """One step of the seed's ladder.
+    """One step of a ladder.
 
     Attributes:
         name: the preset's name (``--preset NAME``).
         description: one line: what this step changes relative to the previous one.
-        seed_epochs: epochs the seed trained at this step.
-        seed_acc: the seed's reported mean test accuracy, in percent.
-        seed_time_s: the seed's reported training time on a V100, in seconds.
+        seed_epochs: epochs the source trained at this step (fractional for airbench94's
+            9.9); for a second-ladder row without a source, the previous source's.
+        seed_acc: the source's published mean test accuracy, in percent (None: no source).
+        seed_time_s: the source's published training time on ``source_device``, in seconds
+            (None: no source).
         changes: the TrainConfig fields this step changes, with their new values.
         overrides: cumulative TrainConfig overrides (entries equal to the default omitted).
-        note: anything about the seed's numbers worth knowing at this step.
+        note: anything about the source's numbers worth knowing at this step.
+        ladder: ``"seed"`` (the first ladder) or ``"airbench"`` (the second).
+        source_device: the GPU of ``seed_time_s``.
     """
 
     name: str
     description: str
-    seed_epochs: int
-    seed_acc: float
-    seed_time_s: float
+    seed_epochs: float
+    seed_acc: float | None
+    seed_time_s: float | None
     changes: Mapping[str, Any]
     overrides: Mapping[str, Any]
     note: str = ""
+    ladder: str = "seed"
+    source_device: str = "V100"
 
     def config(self, **overrides: Any) -> TrainConfig:
         """This preset's configuration, with ``overrides`` on top (see :func:`preset_config`)."""
@@ -219,6 +278,207 @@ _STEPS: tuple[tuple[str, int, float, float, str, dict[str, Any], str], ...] = (
 )
 
 
+#: The second ladder, from the seed's final recipe: (name, epochs, source acc % or None,
+#: source s or None, description, changes, note). Source figures are the sources' own, on an
+#: A100 (RECIPE.md); the rows between them have none.
+_AIRBENCH_STEPS: tuple[
+    tuple[str, float, float | None, float | None, str, dict[str, Any], str], ...
+] = (
+    (
+        "ab-net",
+        10,
+        None,
+        None,
+        "airbench94's network: 2x2 whitening (bias trained 3 epochs), GELU, 64/256/256, "
+        "plain BN (eps 1e-12, momentum 0.4), logits x1/9",
+        {
+            "network": "airbench",
+            "activation": "gelu",
+            "ghost_batch": 0,
+            "bn_eps": 1e-12,
+            "bn_momentum": 0.4,
+            "whitening_patch_size": 2,
+            "whitening_eps": 5e-4,
+            "whitening_images": 5_000,
+            "output_scale": 1 / 9,
+        },
+        "the seed's optimiser, schedule, batch, data and EMA on airbench's net",
+    ),
+    (
+        "ab-sgd",
+        10,
+        None,
+        None,
+        "airbench94's SGD: lr 11.5 and weight decay 0.0153 per 1024 examples (decoupled), "
+        "Nesterov 0.85",
+        {"sgd_form": "airbench", "lr": 11.5, "weight_decay": 0.0153, "momentum": 0.85},
+        "BN biases x64 as before; head and whitening bias x1",
+    ),
+    (
+        "ab-schedule",
+        10,
+        None,
+        None,
+        "airbench94's triangle: 0.2 -> 1 at 23% of the steps -> 0.07",
+        {"lr_schedule": "airbench", "lr_floor": 0.07},
+        "",
+    ),
+    ("ab-batch", 10, None, None, "batch 1024", {"batch_size": 1024}, ""),
+    (
+        "ab-translate",
+        10,
+        None,
+        None,
+        "translate +-2 px (reflect padding 2)",
+        {"pad": 2},
+        "",
+    ),
+    (
+        "ab-flip",
+        10,
+        None,
+        None,
+        "alternating flip (each image flipped on alternate epochs)",
+        {"flip": "alternating"},
+        "",
+    ),
+    (
+        "ab-lookahead",
+        10,
+        None,
+        None,
+        "lookahead every 5 steps instead of the EMA",
+        {"lookahead": True, "ema": False},
+        "",
+    ),
+    (
+        "ab-tta",
+        10,
+        None,
+        None,
+        "six-view TTA (flip x shifts of 0 and +-1 px)",
+        {"tta": "multiview"},
+        "",
+    ),
+    (
+        "airbench94",
+        9.9,
+        94.01,
+        3.29,
+        "9.9 epochs (airbench94)",
+        {"epochs": 9.9},
+        "source: mean of 1000 runs; its time includes the TTA evaluation",
+    ),
+    (
+        "ab-muon",
+        9.9,
+        None,
+        None,
+        "Muon on the filters + SGD on the rest (airbench94_muon's), linear decay, no lookahead",
+        {
+            "optimizer": "muon",
+            "lr": 1.0,
+            "weight_decay": 0.002048,
+            "lr_schedule": "linear_decay",
+            "lr_floor": 0.0,
+            "lookahead": False,
+        },
+        "lr back to 1.0: Muon's SGD side keeps airbench94_muon's own rates",
+    ),
+    (
+        "airbench94-muon",
+        8,
+        94.01,
+        2.59,
+        "batch 2000, 8 epochs (airbench94_muon)",
+        {"batch_size": 2000, "epochs": 8},
+        "source: mean of 200 runs",
+    ),
+    (
+        "sr-net",
+        8,
+        None,
+        None,
+        "the 2025 speedrun's net: SiLU blocks, BN momentum 0.4434, whitening from 960 "
+        "images, default bias init, unit-std head, logits /256",
+        {
+            "activation": "silu",
+            "bn_momentum": 1 - 0.5566,
+            "whitening_images": 960,
+            "whitening_bias_init": "default",
+            "head_unit_std": True,
+            "output_scale": 1 / 256,
+        },
+        "",
+    ),
+    (
+        "sr-smoothing",
+        8,
+        None,
+        None,
+        "label smoothing 0.09",
+        {"label_smoothing": 0.09},
+        "",
+    ),
+    (
+        "sr-muon",
+        8,
+        None,
+        None,
+        "Muon lr 0.205, momentum 0.655, renormalised every 8 steps; SGD momentum 0.825",
+        {
+            "muon_lr": 0.205,
+            "muon_momentum": 0.655,
+            "muon_renormalize_every": 8,
+            "momentum": 0.825,
+        },
+        "assumption: airbench94_muon's SGD rates and 3 Newton-Schulz steps kept",
+    ),
+    (
+        "sr-whiten-bias",
+        8,
+        None,
+        None,
+        "whitening bias trained for 0.19 of an epoch",
+        {"whitening_bias_epochs": 0.19},
+        "doubtful: RECIPE.md says 19% of the steps",
+    ),
+    (
+        "sr-jitter",
+        8,
+        None,
+        None,
+        "brightness and contrast jitter +-0.1",
+        {"jitter": 0.1},
+        "",
+    ),
+    (
+        "sr-tta",
+        8,
+        None,
+        None,
+        "six-view TTA on the 25% least-confident test images only",
+        {"tta": "selective"},
+        "",
+    ),
+    (
+        "speedrun-2025",
+        7.6,
+        94.00,
+        2.015,
+        "batch 1536, 7.6 epochs (the 2025 speedrun; fastest known)",
+        {"batch_size": 1536, "epochs": 7.6},
+        "source: mean of its 10 published logs, A100 with locked clocks",
+    ),
+)
+
+#: Each ladder's presets, in order (names of :data:`PRESETS`).
+LADDERS: dict[str, tuple[str, ...]] = {
+    "seed": tuple(step[0] for step in _STEPS),
+    "airbench": tuple(step[0] for step in _AIRBENCH_STEPS),
+}
+
+
 def _defaults() -> dict[str, Any]:
     return TrainConfig().to_dict()
 
@@ -228,7 +488,10 @@ def _build_presets() -> dict[str, Preset]:
     defaults = _defaults()
     presets: dict[str, Preset] = {}
     cumulative: dict[str, Any] = {}
-    for name, epochs, acc, seconds, description, changes, note in _STEPS:
+    # The second ladder goes on from the first one's final recipe (its cumulative changes).
+    steps = [(*step, "seed", "V100") for step in _STEPS]
+    steps += [(*step, "airbench", "A100") for step in _AIRBENCH_STEPS]
+    for name, epochs, acc, seconds, description, changes, note, ladder, device in steps:
         unknown = set(changes) - fields
         if unknown:  # a typo here would silently do nothing: fail at import instead
             raise ConfigError(f"preset {name!r} names unknown field(s) {sorted(unknown)}")
@@ -247,11 +510,14 @@ def _build_presets() -> dict[str, Preset]:
             types.MappingProxyType(copy.deepcopy(changes)),
             types.MappingProxyType(copy.deepcopy(minimal)),
             note,
+            ladder,
+            device,
         )
     return presets
 
 
-#: Every step of the seed's ladder, in order; the last one is the final recipe.
+#: Every step of both ladders, in order: the seed's (its last, ``tta``, is the final recipe
+#: and the defaults), then the second (its last, ``speedrun-2025``, the fastest known).
 PRESETS: dict[str, Preset] = _build_presets()
 
 
@@ -296,32 +562,39 @@ def diff_configs(a: TrainConfig, b: TrainConfig) -> dict[str, tuple[Any, Any]]:
 
 
 def describe_presets() -> str:
-    """A plain-text table of the presets (``python -m train --list-presets``)."""
-    rows = [("preset", "epochs", "seed acc", "V100", "change vs previous preset")]
+    """A plain-text table of the presets (``python -m train --list-presets``): both ladders,
+    each row with the source's epochs, accuracy and time where the source published them."""
+    header = ("preset", "epochs", "source acc", "source time", "change vs previous preset")
+    rows: list[tuple[str, ...]] = []
     for p in PRESETS.values():
-        rows.append(
-            (
-                p.name,
-                str(p.seed_epochs),
-                f"{p.seed_acc:.1f}%",
-                f"{p.seed_time_s:.0f} s",
-                p.description,
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = []
-    for i, r in enumerate(rows):
-        lines.append(
+        time = "-" if p.seed_time_s is None else f"{p.seed_time_s:g} s {p.source_device}"
+        # As published: the seed's one decimal, the airbench sources' two.
+        acc = "-" if p.seed_acc is None else f"{p.seed_acc:.{1 if p.ladder == 'seed' else 2}f}%"
+        rows.append((p.name, f"{p.seed_epochs:g}", acc, time, p.description))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+
+    def line(r: tuple[str, ...]) -> str:
+        return (
             f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  "
             f"{r[3]:>{widths[3]}}  {r[4]}"
         )
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * len(r[4]))
-    final = next(reversed(PRESETS))
+
+    lines = [line(header), "  ".join("-" * w for w in widths) + "  " + "-" * len(header[4])]
+    names = list(PRESETS)
+    for ladder, title in (
+        ("seed", "The seed's ladder (Myrtle's bag of tricks; V100, DAWNBench timing):"),
+        ("airbench", "The second ladder, from 'tta' (the sources' published figures, A100):"),
+    ):
+        lines.append(title)
+        lines += [line(rows[names.index(n)]) for n in LADDERS[ladder]]
+    seed_final, last = LADDERS["seed"][-1], LADDERS["airbench"][-1]
     lines.append("")
     lines.append(
-        f"Each preset is the previous one plus its change; '{final}' is the final "
-        "recipe (the defaults)."
+        f"Each preset is the previous one plus its change; '{seed_final}' is the final "
+        f"recipe (the defaults); '{last}' is the fastest recipe known here."
     )
-    lines.append("Seed's accuracies are means over runs, times on a V100 (DAWNBench timing).")
+    lines.append(
+        "Figures are the sources' own (accuracies are means over runs), not measured here; "
+        "'-': no published figure for that step."
+    )
     return "\n".join(lines)

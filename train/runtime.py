@@ -41,11 +41,12 @@ class Runtime:
             f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
         )
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Mixed precision for the forward pass; a no-op in fp32."""
+    def autocast(self, cache: bool = True) -> contextlib.AbstractContextManager:
+        """Mixed precision for the forward pass; a no-op in fp32. ``cache``: autocast's cache
+        of cast weights (off inside a CUDA-graph capture)."""
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=cache)
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":

@@ -1,8 +1,16 @@
-"""The piecewise-linear learning-rate schedule, with the flat floor of the EMA step."""
+"""The learning-rate schedules: the seed's piecewise-linear one with the flat floor of the EMA
+step, airbench94's triangle and airbench94_muon's linear decay; and how fractional epochs
+count their steps.
+
+Fractional epochs, as airbench94 counts them: a run of ``epochs`` (9.9) with ``S`` batches per
+epoch takes ``T = ceil(epochs · S)`` steps over ``ceil(epochs)`` epochs, the last one stopping
+after ``T − (ceil(epochs) − 1) · S`` steps (:func:`total_steps`, :func:`steps_in_epoch`).
+"""
 
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -69,3 +77,37 @@ def learning_rate(
     """SGD's learning rate at ``step``: the schedule at the step's epoch, divided by the batch
     size because the loss is summed over the batch (so the schedule is per example)."""
     return schedule(step / steps_per_epoch) / batch_size
+
+
+#: airbench94's triangle: the rate starts at this fraction of the peak ...
+AIRBENCH_START = 0.2
+#: ... and peaks after this fraction of the steps (``int(0.23 · T)``), then falls linearly
+#: to ``lr_floor`` of the peak at the last step (airbench94: 0.07).
+AIRBENCH_PEAK_AT = 0.23
+
+
+def total_steps(epochs: float, steps_per_epoch: int) -> int:
+    """Steps of a run of ``epochs`` (fractional allowed): ``ceil(epochs · steps_per_epoch)``,
+    at least 1. The product is rounded to 9 decimals first, so that a float artefact
+    (7.6 · 5 = 37.99999…) neither adds nor loses a step."""
+    return max(1, math.ceil(round(epochs * steps_per_epoch, 9)))
+
+
+def steps_in_epoch(epoch: int, epochs: float, steps_per_epoch: int) -> int:
+    """Steps that (1-based) ``epoch`` runs: ``steps_per_epoch`` for every epoch but a partial
+    last one, which runs what remains of :func:`total_steps`; 0 past the end."""
+    done_before = (epoch - 1) * steps_per_epoch
+    return max(0, min(steps_per_epoch, total_steps(epochs, steps_per_epoch) - done_before))
+
+
+def airbench_schedule(total: int, floor: float) -> PiecewiseLinear:
+    """airbench94's learning-rate factor over *steps*: linear from :data:`AIRBENCH_START` at
+    step 0 to 1 at step ``int(0.23 · total)``, then linear to ``floor`` at step ``total``."""
+    peak_step = float(int(AIRBENCH_PEAK_AT * total))
+    return PiecewiseLinear((0.0, peak_step, float(total)), (AIRBENCH_START, 1.0, floor))
+
+
+def linear_decay_schedule(total: int, floor: float) -> PiecewiseLinear:
+    """airbench94_muon's learning-rate factor over *steps*: 1 at step 0, linear to ``floor``
+    (airbench94_muon: 0) at step ``total``."""
+    return PiecewiseLinear((0.0, float(total)), (1.0, floor))

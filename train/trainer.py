@@ -1,5 +1,12 @@
 """The recipe, top to bottom: data on the device, whitening, model, epochs of SGD, evaluation.
 
+The network, its whitening, the optimiser and its rates come from the configuration through
+:mod:`train.build` (the seed's ResNet9 and SGD by default; airbench's net, SGD, Muon,
+lookahead and the whitening bias's freezing with the airbench presets). A fractional number
+of epochs (airbench94's 9.9) runs ``ceil(epochs)`` epochs, the last one stopping after its
+share of the steps (:func:`train.schedule.steps_in_epoch`); its row says so by its epoch
+number and time like any other.
+
 A :class:`Trainer` is built once per process: it builds (and, for ``compile``, compiles)
 the model, warms everything up on throwaway data before any clock starts, and then runs as
 many independent training runs as asked, each from a fresh initialisation and seed, without
@@ -23,8 +30,10 @@ forward in DistributedDataParallel, augments only its rank's slice of each globa
 the model with the per-rank number of ghost-BN splits, scales the loss by K before backward,
 sums the epoch's training metrics over ranks, averages BN running statistics before
 evaluating, and evaluates its shard of the test set (sums all-reduced). Checkpoints are
-refused there. With K = 1 (or ``--distribute runs``, where each rank trains alone) none of
-this happens: no process-group call, no wrapper.
+refused there, and so is ``--network airbench``: freezing its whitening bias mid-run breaks
+DistributedDataParallel's gradient hooks, and its plain batch norm would see each process's
+share of the batch only. With K = 1 (or ``--distribute runs``, where each rank trains alone)
+none of this happens: no process-group call, no wrapper.
 """
 
 from __future__ import annotations
@@ -36,10 +45,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
+from torch import nn
 
-from model.resnet9 import ResNet9
-from model.whitening import whitening_filters_from_data
 from train.batches import AugmentedBatches
+from train.build import build_network, build_whitening, data_parallel_airbench_refusal
 from train.checkpoint import (
     EpochProgress,
     RunCheckpoint,
@@ -48,7 +57,13 @@ from train.checkpoint import (
     is_finished,
     restore_run,
 )
-from train.config import CIFAR10_MEAN, CIFAR10_STD, ConfigError, TrainConfig, model_config
+from train.config import (  # model_config: re-exported for the tests and bench
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    ConfigError,
+    TrainConfig,
+    model_config,  # noqa: F401
+)
 from train.distributed import (
     Distributed,
     all_reduce_min,
@@ -60,10 +75,12 @@ from train.distributed import (
     wrap_ddp,
 )
 from train.evaluate import evaluate
+from train.graphs import resolve_graph_mode
 from train.report import format_row, progress_bar
 from train.results import EpochRow, RunResult, TrainingDiverged, TrainingInterrupted
 from train.resume import read_for_resume
 from train.runtime import Runtime, compiles_model
+from train.schedule import steps_in_epoch
 from train.signals import StopRequest, self_signal_from_environment, watch_signals
 from train.step import TrainStep
 from train.warmup import warm_up
@@ -106,12 +123,24 @@ class Trainer:
     ) -> None:
         self.config, self.runtime, self.data, self.log = config, runtime, data, log
         self.ctx = Distributed() if ctx is None else ctx
+        if self.ctx.enabled and config.network == "airbench":
+            raise ConfigError(data_parallel_airbench_refusal())
         # Images one rank trains on per step (the whole batch in one process).
         self.local_batch = per_rank_batch(config.batch_size, config.ghost_batch, self.ctx)
         self.whitening = None  # the latest run's WhiteningFilters (for plots)
         self.data_fingerprint = data_fingerprint(data)  # what checkpoints are checked against
         self.save_failures: list[str] = []  # checkpoint writes that failed (reported once)
         self._signal_at = self_signal_from_environment()
+        # Whether steps are captured in CUDA graphs; the warm-up checks a capture and turns
+        # this "off" (with one line) if it fails under "auto".
+        self.graph_mode = resolve_graph_mode(config.cuda_graphs, runtime.device, self.ctx.enabled)
+        if self.graph_mode == "auto" and config.warmup_steps == 0:
+            log("CUDA graphs off: --warmup-steps 0 leaves no warm-up to check a capture in")
+            self.graph_mode = "off"
+        if self.graph_mode != "off" and config.optimizer == "muon":
+            # Muon's rate is a host float: a graph would replay the captured step's rate.
+            log("CUDA graphs off: --optimizer muon keeps its learning rate on the host")
+            self.graph_mode = "off"
         self.model = self._new_model(seed=config.seed)
         self.eval_model = copy.deepcopy(self.model).eval()
         compile_it = compiles_model(runtime.backend, runtime.device)
@@ -125,12 +154,12 @@ class Trainer:
         self.warmup_time = warm_up(self)
 
     # ------------------------------------------------------------------ building blocks
-    def _new_model(self, seed: int) -> ResNet9:
+    def _new_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         splits = None
         if self.ctx.enabled:  # this rank's slice of the batch holds fewer splits
             splits = self.local_batch // self.config.ghost_batch if self.config.ghost_batch else 1
-        model = ResNet9(model_config(self.config, self.runtime.backend, splits))
+        model = build_network(self.config, self.runtime.backend, splits)
         model = model.to(self.runtime.device)
         if self.runtime.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -154,25 +183,22 @@ class Trainer:
             generator=generator,
             device=self.runtime.device,
             shard=(self.ctx.rank, self.ctx.world_size),
+            jitter=(c.jitter, c.jitter) if c.jitter else None,
         )
 
     def _set_whitening(self, images: torch.Tensor) -> None:
-        if not self.config.whitening:
+        whitening = build_whitening(self.config, images)
+        if whitening is None:
             return
-        self.whitening = whitening_filters_from_data(
-            images,
-            CIFAR10_MEAN,
-            CIFAR10_STD,
-            n_images=self.config.whitening_images,
-            eps=self.config.whitening_eps,
-        )
+        self.whitening = whitening
         self.model.set_whitening(self.whitening.filters)
         self.eval_model.set_whitening(self.whitening.filters)
 
     def _evaluate(
         self, images: torch.Tensor, labels: torch.Tensor, step: TrainStep
     ) -> tuple[float, float]:
-        """Test loss and accuracy of the weight average (or the weights) with flip TTA.
+        """Test loss and accuracy of the weight average (or the weights) with the configured
+        test-time augmentation (the seed's flip TTA by default).
 
         Data-parallel: each rank evaluates its contiguous share of the test set and the sums
         are all-reduced, after averaging the BN running statistics over ranks. Each rank's
@@ -196,6 +222,7 @@ class Trainer:
             images,
             labels,
             tta=self.config.tta,
+            tta_fraction=self.config.tta_fraction,
             mean=CIFAR10_MEAN,
             std=CIFAR10_STD,
             dtype=self.runtime.dtype,
@@ -213,7 +240,7 @@ class Trainer:
         every = self.config.eval_every
         if every is None:
             every = 1 if self.runtime.device.type == "cuda" else 0
-        return epoch == self.config.epochs or (every > 0 and epoch % every == 0)
+        return epoch == self.config.epoch_count or (every > 0 and epoch % every == 0)
 
     # ------------------------------------------------------------------ one run
     def run(
@@ -266,7 +293,9 @@ class Trainer:
             rt,
             steps_per_epoch=len(batches),
             loss_scale=self.ctx.world_size,
-        )  # SGD, schedule, EMA
+            graphs=self.graph_mode,
+            log=self.log,
+        )  # SGD, schedule, EMA (captured in a CUDA graph after its first steps)
         result.setup_time = result.train_time = self._read_clock(clock)
         progress = EpochProgress.begin(1, generator, rt.device)
         if saved is not None:  # pick up where the checkpoint stopped (times add up)
@@ -283,16 +312,21 @@ class Trainer:
         with watch_signals(stop, checkpoint is not None) as stopping:
             if stopping.requested:  # asked to stop before this run began
                 raise TrainingInterrupted(stopping.name, None, None)
-            while progress.epoch <= c.epochs:  # for each epoch
+            while progress.epoch <= c.epoch_count:  # for each epoch (the last maybe partial)
+                steps = steps_in_epoch(progress.epoch, c.epochs, len(batches))
                 clock = self._start_clock()
-                with progress_bar(progress, len(batches)) as bar:
-                    for inputs, labels in batches.epoch(start=progress.batches_done):
+                with progress_bar(progress, steps) as bar:
+                    # number: the 0-based epoch, which the alternating flip goes by (so a
+                    # resumed epoch shows each image the way the uninterrupted one did)
+                    epoch = batches.epoch(start=progress.batches_done, number=progress.epoch - 1)
+                    for inputs, labels in epoch:
                         progress.add(*step(inputs, labels))  # one step per batch
                         bar.update()
-                        if self._stop_between_steps(stopping, progress, len(batches)):
+                        stop = self._stop_between_steps(stopping, progress, steps)
+                        if stop or progress.batches_done >= steps:
                             break
                 progress.elapsed += self._read_clock(clock)  # the steps' time
-                if progress.batches_done < len(batches):  # stopped mid-epoch
+                if progress.batches_done < steps:  # stopped mid-epoch
                     self._check_finite(step, progress.epoch)  # never save divergence
                     raise TrainingInterrupted(
                         stopping.name, saver.save(self.model, step, result, progress), progress
@@ -304,7 +338,7 @@ class Trainer:
                 # saved only now, after _end_epoch's finite check: never a diverged state.
                 progress = EpochProgress.begin(progress.epoch + 1, generator, rt.device)
                 saved_to = saver.save(self.model, step, result, progress)
-                if stopping.requested and progress.epoch <= c.epochs:  # stopped at an epoch end
+                if stopping.requested and progress.epoch <= c.epoch_count:  # at an epoch end
                     raise TrainingInterrupted(stopping.name, saved_to, progress)
         return result
 

@@ -32,6 +32,8 @@ def _throwaway(
 def warm_up(trainer: Trainer) -> float:
     """Run ``warmup_steps`` steps and one evaluation of ``trainer``'s model on throwaway
     data, on every backend and device; return the seconds it took (0 when asked for none).
+    With CUDA graphs, also capture a step and check its replay (see
+    :meth:`train.step.TrainStep.check_capture`), which sets ``trainer.graph_mode``.
 
     A compiled model sees the data set's full size (its augmentation is specialised to it);
     eager code needs only the batches it runs and one evaluation batch (the whitening's
@@ -60,6 +62,9 @@ def warm_up(trainer: Trainer) -> float:
         runtime,
         steps_per_epoch=1,
         loss_scale=trainer.ctx.world_size,
+        graphs=trainer.graph_mode,
+        log=trainer.log,
+        capture_after=c.warmup_steps + 1,  # never in the loop: captured below, checked
     )
     trainer.model.train()
     batches = trainer._batches(train_images, train_labels, generator)
@@ -67,6 +72,11 @@ def warm_up(trainer: Trainer) -> float:
         if index == c.warmup_steps:
             break
         step(inputs, targets)
+    if trainer.graph_mode != "off":
+        # Capture, replay against an uncaptured step on the same batch; "auto" falls back
+        # with one line if that fails, "on" raises.
+        step.check_capture(inputs, targets)
+        trainer.graph_mode = step.graphs
     trainer._evaluate(test_images, test_labels, step)
     runtime.synchronize()
     return time.perf_counter() - start

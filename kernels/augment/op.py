@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from kernels._common import LIBRARY_NAMESPACE, compiled, resolve_backend
+from kernels._common import compiled, register_kernel_op, resolve_backend
 from kernels.augment.launch import _augment_launch
 from kernels.augment.reference import augment_reference, check_augment_inputs
 
@@ -76,13 +76,12 @@ def augment(
 # --------------------------------------------------------------------------------------------
 
 
-# ``torch.library.custom_op`` (not ``triton_op``, which cannot be traced while interpreting):
-# torch.compile and the dispatcher see one opaque op with a fake (meta) implementation.
+# Registered as a ``triton_op`` on a GPU and a ``custom_op`` under the interpreter (see
+# :func:`kernels._common.register_kernel_op`), with a fake (meta) implementation either way.
 # No ``register_autograd``: every input is data or an integer parameter (uint8, int, bool —
 # none can require grad) and the output is the start of the graph, so there is no gradient
 # to define; autograd treats the output as a leaf.
-@torch.library.custom_op(f"{LIBRARY_NAMESPACE}::augment", mutates_args=())
-def _augment_op(
+def _augment_op_impl(
     data: torch.Tensor,
     indices: torch.Tensor,
     crop: torch.Tensor,
@@ -98,6 +97,9 @@ def _augment_op(
     return _augment_launch(
         data, indices, crop, flip, cutout, cutout_size, pad, mean, std, out_dtype
     )
+
+
+_augment_op = register_kernel_op("augment", _augment_op_impl, mutates_args=())
 
 
 @_augment_op.register_fake

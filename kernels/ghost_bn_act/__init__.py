@@ -2,11 +2,16 @@
 and an activation after it.
 
 The op, for ``x`` (B, C, H, W):
-  1. ``pool=True``: 2×2 max-pool, stride 2 (the seed's "max-pool before BN" site);
+  1. ``pool=True``: 2×2 max-pool, stride 2 (the seed's "max-pool before BN" site). Odd H or
+     W are floored as ``F.max_pool2d(x, 2)`` does: the last row/column is dropped (the
+     airbench family's 2×2 whitening without padding gives 31×31 → 15, 15 → 7, 7 → 3), and
+     its gradient is zero;
   2. training: batch norm with statistics (mean, biased variance) per ghost split of
-     B/``splits`` consecutive images; eval: the running statistics;
+     B/``splits`` consecutive images (``splits=1``: plain BN); eval: the running statistics;
   3. ``y = x̂ · weight + bias`` where ``weight=None`` means a frozen scale of 1;
-  4. ``act``: ``"celu"`` (with ``alpha``), ``"relu"`` or ``None``.
+  4. ``act``: ``"celu"`` (with ``alpha``), ``"relu"``, ``"gelu"`` (exact, erf form),
+     ``"gelu_tanh"`` (``F.gelu(approximate="tanh")``), ``"silu"`` or ``None``; computed in
+     fp32 whatever x's dtype.
 In training the running stats (C entries each) are updated in place with the per-split
 statistics averaged over the splits, in PyTorch's momentum convention and with the unbiased
 variance; this equals the seed's GhostBatchNorm, which keeps C×splits buffers and averages
@@ -21,8 +26,8 @@ autograd; ``byte_model.py`` the counted bytes and ``specs.py`` the ahead-of-time
 
 Design (memory-bound op: count bytes, touch each byte as few times as possible)
 -------------------------------------------------------------------------------
-Let N be the elements of x, M those of the normalised tensor (M = N/4 with pool, else N),
-e the bytes of one element of x, S the ghost splits.
+Let N be the elements of x, M those of the normalised tensor (M = B·C·⌊H/2⌋·⌊W/2⌋ with
+pool, N/4 for even sizes; else N), e the bytes of one element of x, S the ghost splits.
 
 Forward, training — three launches:
   1. ``_ghost_bn_act_fwd_stats_kernel`` reads x once. With pool it takes the 2×2 max in
@@ -52,7 +57,8 @@ Statistics: fp32 sums of squares cancel catastrophically when |mean| ≫ std. Ea
 Saved for backward: mean and rstd (S×C fp32 each), bias/weight, and either x (no pool —
   what any BN backward keeps) or the pooled values + argmax bytes (pool: M·e + M bytes
   instead of N·e; eager PyTorch keeps x, the pooled tensor and int64 indices).
-  CELU/ReLU derivatives and x̂ are recomputed from those (one FMA chain), never stored.
+  The activation's derivative and x̂ are recomputed from those (an FMA chain, plus one
+  exp/erf for CELU/GELU/SiLU), never stored.
 
 Backward — three launches, the same shape as the forward:
   1. ``_ghost_bn_act_bwd_reduce_kernel`` reads v (x or pooled) and dy, recomputes
@@ -62,8 +68,10 @@ Backward — three launches, the same shape as the forward:
      and per (split, channel) the means of g and g·x̂ (zero in eval, where the stats are
      constants).
   3. ``_ghost_bn_act_bwd_kernel``: dx = rstd·w·(g − mean(g) − x̂·mean(g·x̂)), routed to the
-     argmax of each 2×2 window with zeros written to the other three (every input element
-     is written exactly once, so dx needs no zero-fill pass).
+     argmax of each 2×2 window with zeros written to the other three; with an odd H/W the
+     last window of each row/column also writes the zeros of the dropped column/row beside
+     it (ODD_HW), so every input element is written exactly once and dx needs no zero-fill
+     pass. The backward op is told x's H and W: the pooled shape does not give them.
 
 Layout: a tile is [pixels × channels] of one image. Offsets are written for channels_last
   (NHWC: channel stride 1) and contiguous NCHW (pixel stride 1) under a constexpr, and the
@@ -86,11 +94,13 @@ from kernels.ghost_bn_act.reference import (
     check_ghost_bn_act_inputs,
     ghost_bn_act_reference,
 )
-from kernels.ghost_bn_act.specs import AotSite, aot_specs
+from kernels.ghost_bn_act.specs import AIRBENCH_SHAPES, AotSite, airbench_sites, aot_specs
 
 __all__ = [
     "ACTIVATIONS",
+    "AIRBENCH_SHAPES",
     "AotSite",
+    "airbench_sites",
     "aot_specs",
     "check_ghost_bn_act_inputs",
     "ghost_bn_act",

@@ -36,7 +36,8 @@ def ghost_bn_act_bytes(
 ) -> dict[str, Any]:
     """Counted DRAM bytes of one call (forward, plus backward when ``backward``).
 
-    ``shape`` is x's (B, C, H, W). Returns ``{"triton": int, "eager": int, "ratio": float,
+    ``shape`` is x's (B, C, H, W); with ``pool`` odd H or W are floored (the normalised
+    tensor is (B, C, H // 2, W // 2)). Returns ``{"triton": int, "eager": int, "ratio": float,
     "triton_detail": {kernel: bytes}, "eager_detail": {op: bytes}}``; every tensor a kernel
     reads or writes counts once (per-channel parameters included; re-reads that hit L2 do
     not). ``training`` with ``backward`` is the trainer's step; eval with ``backward``
@@ -53,8 +54,13 @@ def ghost_bn_act_bytes(
     e = torch.empty((), dtype=dtype).element_size()
     f32 = 4
     n = b * c * h * w
-    m = n // 4 if pool else n
+    # The pool floors odd sides (F.max_pool2d's rule): M = B·C·⌊H/2⌋·⌊W/2⌋, and a pooling
+    # pass loads only the 4·M elements of the windows — x's last row/column are never read
+    # (the dropped column's pixels are whole C-element runs channels_last, so whole sectors
+    # are skipped too). dx still has all N elements: the dropped ones are written as zeros.
     oh, ow = (h // 2, w // 2) if pool else (h, w)
+    m = b * c * oh * ow
+    x_read = 4 * m if pool else n
     s = splits if training else 1
     params = (2 if learnable_scale else 1) * c * f32  # bias (+ weight)
     tr: dict[str, int] = {}
@@ -67,7 +73,7 @@ def ghost_bn_act_bytes(
             (b // s) * _cdiv(oh * ow, bq), s, _cdiv(c, bc), _target_programs(None), bq
         )
         part = 2 * s * chunks * c * f32 if training else 0
-        tr["fwd_stats"] = n * e + (m * e + m if save_pool else 0) + part
+        tr["fwd_stats"] = x_read * e + (m * e + m if save_pool else 0) + part
         tr["fwd_finalize"] = (
             part
             + (s * c * e if training else 0)
@@ -76,7 +82,7 @@ def ghost_bn_act_bytes(
         )
     else:
         tr["fwd_finalize"] = 2 * c * f32 + 2 * c * f32
-    tr["fwd"] = (m * e if save_pool or not pool else n * e) + m * e + 2 * s * c * f32 + params
+    tr["fwd"] = (m * e if save_pool or not pool else x_read * e) + m * e + 2 * s * c * f32 + params
     if backward:
         bq, bc = _tile_shape(c, oh * ow, True, TILE)
         _, chunks = _chunking(
@@ -89,7 +95,7 @@ def ghost_bn_act_bytes(
 
     ea: dict[str, int] = {}
     if pool:
-        ea["max_pool2d"] = n * e + m * e + m * 8
+        ea["max_pool2d"] = x_read * e + m * e + m * 8
     if training:
         ea["batch_norm"] = 3 * m * e + 2 * s * c * f32
         if s > 1:

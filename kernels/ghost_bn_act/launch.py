@@ -16,15 +16,15 @@ from kernels._launch import launch
 from kernels.ghost_bn_act.plan import (
     _ACT_CODES,
     FIN_BLOCK_C,
-    FIN_BLOCK_K,
-    FIN_BLOCK_S,
     FIN_NUM_WARPS,
     NUM_WARPS,
     TILE,
     TILE_POOL,
     _argmax_vec,
+    _bwd_num_warps,
     _cdiv,
     _chunking,
+    _finalize_blocks,
     _target_programs,
     _tile_shape,
 )
@@ -113,8 +113,8 @@ def _stats_impl(
     x = _supported_layout(x)
     channels_last = _is_channels_last(x)
     batch, channels, height, width = x.shape
-    if pool and (height % 2 or width % 2):
-        raise ValueError(f"pool=True needs even H and W; got {(height, width)}")
+    if pool and (height < 2 or width < 2):
+        raise ValueError(f"pool=True needs H and W of at least 2; got {(height, width)}")
     splits = splits if training else 1
     if splits < 1 or batch % splits:
         raise ValueError(f"batch {batch} is not divisible by splits={splits}")
@@ -191,8 +191,8 @@ def _stats_impl(
             eps,
             momentum,
             TRAINING=training,
-            BLOCK_S=FIN_BLOCK_S,
-            BLOCK_K=FIN_BLOCK_K,
+            BLOCK_S=_finalize_blocks(splits)[0],
+            BLOCK_K=_finalize_blocks(splits)[1],
             BLOCK_C=FIN_BLOCK_C,
             num_warps=FIN_NUM_WARPS,
         )
@@ -274,7 +274,17 @@ def _bwd_impl(
     act: str,
     alpha: float,
     training: bool,
+    height: int,
+    width: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward passes 1–3 → (dx, dbias, dweight).
+
+    ``dy`` (B, C, OH, OW) of src's dtype; ``src`` x (B, C, H, W) or, with ``pool``, the
+    pooled values (B, C, H // 2, W // 2); ``argmax`` uint8 of src's shape (pool) else
+    anything; ``mean``/``rstd`` fp32 (S, C); ``bias``/``weight`` fp32 (C,). ``height`` and
+    ``width`` are x's H and W (odd ones are floored by the pool, so src does not give them).
+    dx has x's shape and src's dtype, dbias/dweight fp32 (C,).
+    """
     _require_kernel_device(src)
     if pool and (src.dim() != 4 or argmax.shape != src.shape):
         raise RuntimeError(
@@ -288,7 +298,12 @@ def _bwd_impl(
     # Autograd may hand over any strides (an expanded ones tensor from .sum(), say).
     dy = dy.to(src.dtype).contiguous(memory_format=fmt)
     batch, channels, out_h, out_w = src.shape
-    height, width = (2 * out_h, 2 * out_w) if pool else (out_h, out_w)
+    expected = (height // 2, width // 2) if pool else (height, width)
+    if (out_h, out_w) != expected:
+        raise ValueError(
+            f"src's spatial size {(out_h, out_w)} does not match x's {(height, width)} "
+            f"(pool={pool})"
+        )
     splits = mean.shape[0]
     per_split = batch // splits
     count = per_split * out_h * out_w
@@ -353,8 +368,8 @@ def _bwd_impl(
             n_chunks,
             1.0 / max(count, 1),
             TRAINING=training,
-            BLOCK_S=FIN_BLOCK_S,
-            BLOCK_K=FIN_BLOCK_K,
+            BLOCK_S=_finalize_blocks(splits)[0],
+            BLOCK_K=_finalize_blocks(splits)[1],
             BLOCK_C=FIN_BLOCK_C,
             num_warps=FIN_NUM_WARPS,
         )
@@ -388,12 +403,13 @@ def _bwd_impl(
             per_split,
             1.0 / alpha,
             POOL=pool,
+            ODD_HW=pool and bool(height % 2 or width % 2),
             ACT=act_code,
             HAS_WEIGHT=has_weight,
             CHANNELS_LAST=channels_last,
             BLOCK_Q=block_q,
             BLOCK_C=block_c,
             ARGMAX_VEC=_argmax_vec(src.element_size(), block_q, block_c, channels_last),
-            num_warps=NUM_WARPS,
+            num_warps=_bwd_num_warps(pool, height, width),
         )
     return dx, dbias, dweight

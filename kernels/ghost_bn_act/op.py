@@ -1,11 +1,12 @@
 """The public op :func:`ghost_bn_act`: input checks, backend dispatch, and the Triton path
-registered as ``torch.library`` custom ops with fake (meta) functions and autograd.
+registered as ``torch.library`` ops with fake (meta) functions and autograd.
 
 Backends (see :mod:`kernels._common`): ``"eager"`` runs
 :func:`~kernels.ghost_bn_act.reference.ghost_bn_act_reference`, ``"compile"`` the same under
 ``torch.compile``, ``"triton"`` the kernels through three custom ops.
 
-Registration: ``torch.library.custom_op`` ops (not triton_op):
+Registration (:func:`kernels._common.register_kernel_op`): ``triton_op`` with compiled kernels,
+so that a compiled graph launches them from its own code; ``custom_op`` under the interpreter.
   * ``cifar_kernels::ghost_bn_stats`` — passes 1+2; mutates running_mean/running_var in
     place (declared in ``mutates_args``; torch.compile functionalises it) and returns
     mean, rstd, pooled, argmax, none of which is differentiable. PyTorch refuses autograd
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._common import LIBRARY_NAMESPACE, compiled, resolve_backend
+from kernels._common import compiled, register_kernel_op, resolve_backend
 from kernels.ghost_bn_act.launch import (
     _bwd_impl,
     _fwd_impl,
@@ -62,14 +63,14 @@ def ghost_bn_act(
         weight: float32 (C,) learnable scale, or None for a frozen scale of 1.
         splits: number of ghost batches; B must be a multiple of it in training.
         pool: 2×2 max-pool before the normalisation.
-        act: "celu", "relu" or None.
+        act: "celu", "relu", "gelu", "gelu_tanh", "silu" or None.
         alpha: CELU's alpha.
         eps, momentum: as ``torch.nn.BatchNorm2d``.
         training: use batch statistics and update running stats, else use running stats.
         backend: "eager", "compile", "triton" or None/"auto" (see ``kernels._common``).
 
     Returns:
-        Tensor of ``x``'s dtype and memory format, (B, C, H/2, W/2) with ``pool`` else
+        Tensor of ``x``'s dtype and memory format, (B, C, H // 2, W // 2) with ``pool`` else
         (B, C, H, W). Differentiable in ``x``, ``bias`` and ``weight``.
     """
     kwargs = dict(
@@ -96,10 +97,8 @@ def ghost_bn_act(
 # --------------------------------------------------------------------------------------------
 
 
-_NS = LIBRARY_NAMESPACE
-
-ghost_bn_stats_op = torch.library.custom_op(
-    f"{_NS}::ghost_bn_stats",
+ghost_bn_stats_op = register_kernel_op(
+    "ghost_bn_stats",
     _stats_impl,
     mutates_args=("running_mean", "running_var"),
     schema="(Tensor x, Tensor(a!) running_mean, Tensor(b!) running_var, int splits, "
@@ -123,12 +122,24 @@ def _stats_fake(x, running_mean, running_var, splits, pool, save_pool, eps, mome
     return mean, torch.empty_like(mean), pooled, argmax
 
 
-def _fwd_op_impl(x, pooled, argmax, mean, rstd, bias, weight, pool, act, alpha, training):
+def _fwd_op_impl(
+    x: torch.Tensor,
+    pooled: torch.Tensor,
+    argmax: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    bias: torch.Tensor,
+    weight: torch.Tensor | None,
+    pool: bool,
+    act: str,
+    alpha: float,
+    training: bool,
+) -> torch.Tensor:
     return _fwd_impl(x, pooled, mean, rstd, bias, weight, pool, act, alpha)
 
 
-ghost_bn_act_fwd_op = torch.library.custom_op(
-    f"{_NS}::ghost_bn_act_fwd",
+ghost_bn_act_fwd_op = register_kernel_op(
+    "ghost_bn_act_fwd",
     _fwd_op_impl,
     mutates_args=(),
     schema="(Tensor x, Tensor pooled, Tensor argmax, Tensor mean, Tensor rstd, Tensor bias, "
@@ -153,30 +164,58 @@ def _fwd_fake(x, pooled, argmax, mean, rstd, bias, weight, pool, act, alpha, tra
 
 
 def _bwd_op_impl(
-    dy, src, argmax, mean, rstd, bias, weight, pool, channels_last, act, alpha, training
-):
+    dy: torch.Tensor,
+    src: torch.Tensor,
+    argmax: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    bias: torch.Tensor,
+    weight: torch.Tensor | None,
+    pool: bool,
+    channels_last: bool,
+    act: str,
+    alpha: float,
+    training: bool,
+    height: int,
+    width: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _bwd_impl(
-        dy, src, argmax, mean, rstd, bias, weight, pool, channels_last, act, alpha, training
+        dy,
+        src,
+        argmax,
+        mean,
+        rstd,
+        bias,
+        weight,
+        pool,
+        channels_last,
+        act,
+        alpha,
+        training,
+        height,
+        width,
     )
 
 
-ghost_bn_act_bwd_op = torch.library.custom_op(
-    f"{_NS}::ghost_bn_act_bwd",
+ghost_bn_act_bwd_op = register_kernel_op(
+    "ghost_bn_act_bwd",
     _bwd_op_impl,
     mutates_args=(),
     schema="(Tensor dy, Tensor src, Tensor argmax, Tensor mean, Tensor rstd, Tensor bias, "
     "Tensor? weight, bool pool, bool channels_last, str act, float alpha, "
-    "bool training) -> (Tensor, Tensor, Tensor)",
+    "bool training, SymInt height, SymInt width) -> (Tensor, Tensor, Tensor)",
 )
 """Backward passes 1–3: (dx, dbias, dweight). ``src`` is x, or the pooled values when
-``pool`` (then ``argmax`` routes dx); dweight is Σ g·x̂ even when weight is None."""
+``pool`` (then ``argmax`` routes dx); dweight is Σ g·x̂ even when weight is None. ``height``
+and ``width`` are x's: with an odd side the pool dropped x's last row/column, so the pooled
+shape alone does not give dx's."""
 
 
 @ghost_bn_act_bwd_op.register_fake
-def _bwd_fake(dy, src, argmax, mean, rstd, bias, weight, pool, channels_last, act, alpha, training):
-    b, c, h, w = src.shape
-    if pool:
-        h, w = 2 * h, 2 * w
+def _bwd_fake(
+    dy, src, argmax, mean, rstd, bias, weight, pool, channels_last, act, alpha, training, h, w
+):
+    b, c = src.shape[:2]
     dx = torch.empty(
         (b, c, h, w),
         dtype=src.dtype,
@@ -192,6 +231,7 @@ def _fwd_setup_context(ctx, inputs, output):
     ctx.save_for_backward(pooled if pool else x, argmax, mean, rstd, bias, weight)
     ctx.pool, ctx.act, ctx.alpha, ctx.training = pool, act, alpha, training
     ctx.channels_last = _is_channels_last(_supported_layout(x))
+    ctx.height, ctx.width = x.shape[2], x.shape[3]
 
 
 def _fwd_backward(ctx, dy):
@@ -209,6 +249,8 @@ def _fwd_backward(ctx, dy):
         ctx.act,
         ctx.alpha,
         ctx.training,
+        ctx.height,
+        ctx.width,
     )
     return (
         dx,

@@ -4,8 +4,9 @@ Pure arithmetic on shapes (no tensors, no kernels), so the three users agree by 
 same code: the launchers (:mod:`kernels.ghost_bn_act.launch`), the byte model
 (:mod:`kernels.ghost_bn_act.byte_model`) and the ahead-of-time specs
 (:mod:`kernels.ghost_bn_act.specs`) — the bytes counted and the code compiled ahead of time
-are those of a real launch. With no device at hand (``_target_programs(None)``) the plan
-assumes a GPU of NOMINAL_SMS SMs.
+are those of a real launch. Every function of shapes is cached (``functools.cache``): a
+launch at a shape seen before looks its plan up instead of recomputing it. With no device
+at hand (``_target_programs(None)``) the plan assumes a GPU of NOMINAL_SMS SMs.
 """
 
 from __future__ import annotations
@@ -21,10 +22,16 @@ TILE = 4096
 TILE_POOL = 2048
 #: Warps per program of the streaming kernels.
 NUM_WARPS = 4
+#: Warps of the backward pass-3 kernel when it pools an odd H or W: its five extra stores
+#: (the dropped row/column's zeros) made ptxas spill a few bytes on sm_90a at 4 warps
+#: (GELU, C=256); 8 warps halve the elements per thread (still one 16-byte vector each).
+ODD_POOL_BWD_NUM_WARPS = 8
 #: Block of the finalize kernels: splits × chunks × channels held at once (16 splits in one
 #: step, 16 chunks per load so the trainer's ≤64 partials per split take ≤4 dependent loads),
-#: over 8 warps: 4 warps need ~170 registers and ptxas spills (sm_90 / sm_80).
+#: over 8 warps: 4 warps need ~170 registers and ptxas spills (sm_90 / sm_80). Plain BN
+#: takes PLAIN_FIN_BLOCK_K chunks per load instead (:func:`_finalize_blocks`).
 FIN_BLOCK_S, FIN_BLOCK_K, FIN_BLOCK_C = 16, 16, 16
+PLAIN_FIN_BLOCK_K = 64
 FIN_NUM_WARPS = 8
 #: Largest channel block of a channels_last tile (one warp spans 256 fp16 = 512 bytes).
 MAX_BLOCK_C = 256
@@ -35,7 +42,8 @@ PROGRAMS_PER_SM = 8
 #: Fewest pixel rows a reduction program covers (bounds the partials' traffic).
 MIN_ROWS_PER_PROG = 64
 
-_ACT_CODES = {"none": 0, "relu": 1, "celu": 2}
+#: The ACT constexpr of the kernels (see ``triton_helpers._act``).
+_ACT_CODES = {"none": 0, "relu": 1, "celu": 2, "gelu": 3, "gelu_tanh": 4, "silu": 5}
 
 
 def _next_pow2(n: int) -> int:
@@ -46,6 +54,22 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+@functools.cache
+def _finalize_blocks(splits: int) -> tuple[int, int]:
+    """(BLOCK_S, BLOCK_K) of a finalize launch over ``splits`` splits.
+
+    Plain BN (one split: the airbench family, and every eval launch) would leave 15 of 16
+    split lanes idle, so it takes (1, PLAIN_FIN_BLOCK_K) instead: at batch 1024 it has ~1000
+    partials per channel, folded in 16 dependent loads rather than 64, and its (1, BLOCK_C)
+    totals need fewer registers (the (16, 16) block spilled with S = 1 on sm_90a; 256 chunks
+    per load spilled in the backward finalize, 64 compile clean on sm_80 and sm_90a).
+    """
+    if splits == 1:
+        return 1, PLAIN_FIN_BLOCK_K
+    return FIN_BLOCK_S, FIN_BLOCK_K
+
+
+@functools.cache
 def _tile_shape(channels: int, pixels: int, channels_last: bool, tile: int) -> tuple[int, int]:
     """(BLOCK_Q, BLOCK_C) of a tile of ≤ ``tile`` elements.
 
@@ -84,6 +108,7 @@ def _target_programs(device: torch.device | None) -> int:
     return 4
 
 
+@functools.cache
 def _chunking(
     tiles_per_split: int, splits: int, channel_blocks: int, target_programs: int, block_q: int
 ) -> tuple[int, int]:
@@ -99,6 +124,13 @@ def _chunking(
     return tiles_per_prog, max(1, _cdiv(tiles_per_split, tiles_per_prog))
 
 
+@functools.cache
+def _bwd_num_warps(pool: bool, height: int, width: int) -> int:
+    """Warps of the backward pass-3 kernel (see ODD_POOL_BWD_NUM_WARPS)."""
+    return ODD_POOL_BWD_NUM_WARPS if pool and (height % 2 or width % 2) else NUM_WARPS
+
+
+@functools.cache
 def _argmax_vec(element_size: int, block_q: int, block_c: int, channels_last: bool) -> int:
     """x elements per 16-byte vector, capped by the tile's contiguous dimension."""
     return max(1, min(16 // element_size, block_c if channels_last else block_q))

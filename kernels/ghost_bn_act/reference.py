@@ -15,7 +15,9 @@ from kernels._common import check_tensor
 
 __all__ = ["ACTIVATIONS", "X_DTYPES", "check_ghost_bn_act_inputs", "ghost_bn_act_reference"]
 
-ACTIVATIONS = ("celu", "relu", None)
+#: The activations after the normalisation: CELU/ReLU (the ResNet9 recipe), exact (erf) and
+#: tanh-approximated GELU and SiLU (the airbench family), or None.
+ACTIVATIONS = ("celu", "relu", "gelu", "gelu_tanh", "silu", None)
 X_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -24,6 +26,12 @@ def _activation(y: torch.Tensor, act: str | None, alpha: float) -> torch.Tensor:
         return F.celu(y, alpha=alpha)
     if act == "relu":
         return F.relu(y)
+    if act == "gelu":
+        return F.gelu(y)
+    if act == "gelu_tanh":
+        return F.gelu(y, approximate="tanh")
+    if act == "silu":
+        return F.silu(y)
     return y
 
 
@@ -45,8 +53,10 @@ def ghost_bn_act_reference(
     """Plain-PyTorch ghost BN (+pool, +activation), written to be obviously right.
 
     ``x`` float32/float16/bfloat16 (B, C, H, W); ``bias``, ``running_mean``, ``running_var``
-    and ``weight`` float32 (C,). Statistics are computed in float32; the result has ``x``'s
-    dtype and memory format, shape (B, C, H/2, W/2) with ``pool`` else (B, C, H, W).
+    and ``weight`` float32 (C,). ``act`` is one of :data:`ACTIVATIONS` (``alpha`` is CELU's).
+    Statistics and the activation are computed in float32; the result has ``x``'s dtype and
+    memory format, shape (B, C, H // 2, W // 2) with ``pool`` (odd sizes floored, as
+    ``F.max_pool2d``: the last row/column is dropped) else (B, C, H, W).
     """
     if pool:
         x = F.max_pool2d(x, 2)
@@ -112,10 +122,12 @@ def check_ghost_bn_act_inputs(
             f"batch size {x.shape[0]} is not divisible by splits={splits}: ghost batch norm "
             "needs equal splits (use a batch that is a multiple of the split count)"
         )
-    if pool and (x.shape[2] % 2 or x.shape[3] % 2):
-        raise ValueError(f"pool=True needs even H and W; got {tuple(x.shape[2:])}")
+    if pool and (x.shape[2] < 2 or x.shape[3] < 2):
+        # Odd sizes are fine (the pool floors, as F.max_pool2d(x, 2)), but a side of 1 would
+        # pool to nothing.
+        raise ValueError(f"pool=True needs H and W of at least 2; got {tuple(x.shape[2:])}")
     if act not in ACTIVATIONS:
-        raise ValueError(f"act must be 'celu', 'relu' or None; got {act!r}")
+        raise ValueError(f"act must be one of {ACTIVATIONS}; got {act!r}")
     if act == "celu" and not alpha > 0:
         raise ValueError(f"CELU alpha must be positive; got {alpha}")
     if not eps > 0:

@@ -19,15 +19,15 @@ from kernels._common import AotSpec
 from kernels.ghost_bn_act.plan import (
     _ACT_CODES,
     FIN_BLOCK_C,
-    FIN_BLOCK_K,
-    FIN_BLOCK_S,
     FIN_NUM_WARPS,
     NUM_WARPS,
     TILE,
     TILE_POOL,
     _argmax_vec,
+    _bwd_num_warps,
     _cdiv,
     _chunking,
+    _finalize_blocks,
     _target_programs,
     _tile_shape,
 )
@@ -42,7 +42,7 @@ from kernels.ghost_bn_act.triton_kernels_bwd import (
     _ghost_bn_act_bwd_reduce_kernel,
 )
 
-__all__ = ["AotSite", "aot_specs", "site_specs"]
+__all__ = ["AIRBENCH_SHAPES", "AotSite", "airbench_sites", "aot_specs", "site_specs"]
 
 
 _TRITON_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -52,9 +52,11 @@ _TRITON_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.f
 class AotSite:
     """One ghost-BN call to compile for: x (batch, channels, height, width), channels_last.
 
-    ``dtype`` is x's Triton type name ("fp16", "bf16" or "fp32"); ``act`` "celu", "relu" or
-    "none"; ``has_weight`` a learnable scale (else frozen at 1); ``splits`` the ghost splits
-    of a training batch. ``name`` starts every label (``ghost_bn_fwd-<name>-c<C>-<dtype>…``).
+    ``dtype`` is x's Triton type name ("fp16", "bf16" or "fp32"); ``act`` a key of
+    ``plan._ACT_CODES`` ("celu", "relu", "gelu", "gelu_tanh", "silu" or "none"); ``height``
+    and ``width`` may be odd with ``pool`` (floored, as F.max_pool2d); ``has_weight`` a
+    learnable scale (else frozen at 1); ``splits`` the ghost splits of a training batch.
+    ``name`` starts every label (``ghost_bn_fwd-<name>-c<C>-<dtype>…``).
     """
 
     name: str
@@ -134,6 +136,8 @@ def site_specs(site: AotSite) -> list[AotSpec]:
         C=channels, S=splits, n_chunks=n_chunks, G=per_split, CHW=channels * hw, chan_stride=1
     )
     for training in (True, False):
+        # eval launches the finalize with one "split" (the running stats)
+        block_s, block_k = _finalize_blocks(splits if training else 1)
         specs.append(
             AotSpec(
                 f"ghost_bn_fwd_finalize-{tag}-{'train' if training else 'eval'}",
@@ -156,9 +160,7 @@ def site_specs(site: AotSite) -> list[AotSpec]:
                     "BLOCK_K": "constexpr",
                     "BLOCK_C": "constexpr",
                 },
-                dict(
-                    TRAINING=training, BLOCK_S=FIN_BLOCK_S, BLOCK_K=FIN_BLOCK_K, BLOCK_C=FIN_BLOCK_C
-                ),
+                dict(TRAINING=training, BLOCK_S=block_s, BLOCK_K=block_k, BLOCK_C=FIN_BLOCK_C),
                 num_warps=FIN_NUM_WARPS,
                 divisible_by_16=(
                     "psum_ptr",
@@ -286,7 +288,12 @@ def site_specs(site: AotSite) -> list[AotSpec]:
                 "BLOCK_K": "constexpr",
                 "BLOCK_C": "constexpr",
             },
-            dict(TRAINING=True, BLOCK_S=FIN_BLOCK_S, BLOCK_K=FIN_BLOCK_K, BLOCK_C=FIN_BLOCK_C),
+            dict(
+                TRAINING=True,
+                BLOCK_S=_finalize_blocks(splits)[0],
+                BLOCK_K=_finalize_blocks(splits)[1],
+                BLOCK_C=FIN_BLOCK_C,
+            ),
             num_warps=FIN_NUM_WARPS,
             divisible_by_16=(
                 "pg_ptr",
@@ -319,6 +326,7 @@ def site_specs(site: AotSite) -> list[AotSpec]:
                 **{k: "i32" for k in ints},
                 "inv_alpha": "fp32",
                 "POOL": "constexpr",
+                "ODD_HW": "constexpr",
                 "ACT": "constexpr",
                 "HAS_WEIGHT": "constexpr",
                 "CHANNELS_LAST": "constexpr",
@@ -328,6 +336,7 @@ def site_specs(site: AotSite) -> list[AotSpec]:
             },
             dict(
                 POOL=pool,
+                ODD_HW=pool and bool(height % 2 or width % 2),
                 ACT=_ACT_CODES[act],
                 HAS_WEIGHT=has_weight,
                 CHANNELS_LAST=True,
@@ -335,7 +344,7 @@ def site_specs(site: AotSite) -> list[AotSpec]:
                 BLOCK_C=bc,
                 ARGMAX_VEC=_argmax_vec(esize, bq, bc, True),
             ),
-            num_warps=NUM_WARPS,
+            num_warps=_bwd_num_warps(pool, height, width),
             divisible_by_16=(
                 "src_ptr",
                 "dy_ptr",
@@ -352,6 +361,41 @@ def site_specs(site: AotSite) -> list[AotSpec]:
         )
     )
     return specs
+
+
+#: (name, channels, input size, pool) of the BN sites of the airbench network family: a 2×2
+#: whitening conv without padding turns 32×32 into 31×31, then three blocks of widths
+#: 64/256/256, each conv → 2×2 max-pool (floored: 31→15, 15→7, 7→3) → BN → act, then
+#: conv → BN → act at the pooled size. BN there is plain (one split) with a frozen scale.
+AIRBENCH_SHAPES: tuple[tuple[str, int, int, bool], ...] = (
+    ("ab_block1_pool", 64, 31, True),
+    ("ab_block1", 64, 15, False),
+    ("ab_block2_pool", 256, 15, True),
+    ("ab_block2", 256, 7, False),
+    ("ab_block3_pool", 256, 7, True),
+    ("ab_block3", 256, 3, False),
+)
+
+
+def airbench_sites(
+    batch: int = 1024,
+    dtypes: Iterable[str] = ("fp16", "bf16"),
+    acts: Iterable[str] = ("gelu", "silu"),
+    has_weight: bool = False,
+) -> list[AotSite]:
+    """The :class:`AotSite` of every airbench BN site (:data:`AIRBENCH_SHAPES`) for each
+    dtype and activation, dtype-major: channels_last, plain BN (``splits=1``) at ``batch``.
+
+    The kernels' constexprs (tile shapes, activation, pool, odd size) do not depend on the
+    batch; only the integer arguments' divisibility hints can (``aot_specs`` deduplicates
+    what compiles the same).
+    """
+    return [
+        AotSite(name, channels, size, size, pool, dt, act, has_weight, batch, 1)
+        for dt in dtypes
+        for act in acts
+        for name, channels, size, pool in AIRBENCH_SHAPES
+    ]
 
 
 def aot_specs(sites: Iterable[AotSite]) -> list[AotSpec]:

@@ -3,9 +3,11 @@
 Three kinds: layout (a tile is [pixels × channels] of one image, oriented so that the
 memory-contiguous dimension is axis 1 for channels_last and NCHW alike: :func:`_grid_2d`,
 :func:`_per_channel`, :func:`_sum_pixels`, :func:`_zero_tile`, :func:`_offset_in_image`,
-:func:`_pixel_step`), the 2×2 window (:func:`_window_corner`, :func:`_max_pool_2x2`), and
+:func:`_pixel_step`), the 2×2 window (:func:`_window_corner`, :func:`_dropped_edges`,
+:func:`_max_pool_2x2`), and
 the arithmetic the forward and the backward must do identically (:func:`_normalise`,
-:func:`_activation_fwd`, :func:`_activation_bwd`, :func:`_sum_partials`). They live apart
+:func:`_activation_fwd`, :func:`_activation_bwd`, :func:`_gelu_tanh_parts`,
+:func:`_sum_partials`). They live apart
 from the kernels in :mod:`kernels.ghost_bn_act.triton_kernels` only to keep each file short.
 """
 
@@ -80,9 +82,28 @@ def _pixel_step(C, CHANNELS_LAST: tl.constexpr):
 
 @triton.jit
 def _window_corner(q, OW, W):
-    """Input pixel index of the top-left corner of pooled pixel q's 2×2 window."""
+    """Input pixel index of the top-left corner of pooled pixel q's 2×2 window.
+
+    OW = W // 2 is the pooled width and W the *input* width (the row stride in pixels): with
+    an odd W the pool floors as F.max_pool2d does, no window reaches the last column, and
+    rows of x are still W pixels apart.
+    """
     oh = q // OW
     return 2 * oh * W + 2 * (q - oh * OW)
+
+
+@triton.jit
+def _dropped_edges(q, OH, OW, H, W):
+    """For pooled pixels q: (right, bottom) int1 vectors, true where q's window is the last
+    of its row and x has an odd W (so the column right of the window, which no window
+    covers, lies beside it), resp. the last of its column and x has an odd H."""
+    oh = q // OW
+    ow = q - oh * OW
+    # Both sides of each & are vectors: Triton's interpreter (3.9) rejects a store mask made
+    # of a vector & a scalar comparison. The column 2·ow + 2 exists only when W is odd.
+    right = (ow == OW - 1) & (2 * ow + 2 < W)
+    bottom = (oh == OH - 1) & (2 * oh + 2 < H)
+    return right, bottom
 
 
 @triton.jit
@@ -123,14 +144,46 @@ def _normalise(v, mean, rstd, bias, weight, HAS_WEIGHT: tl.constexpr):
     return xhat, z
 
 
+# Globals a @jit function reads must be constexprs.
+#: 1/sqrt(2) and 1/sqrt(2π), for the exact GELU and its slope.
+_INV_SQRT2 = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+#: sqrt(2/π) and the cubic coefficient of the tanh-approximated GELU (PyTorch's constants).
+_SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
+_GELU_TANH_CUBIC = tl.constexpr(0.044715)
+
+
+@triton.jit
+def _gelu_tanh_parts(z):
+    """sigmoid(2u) and du/dz for the tanh GELU, u = sqrt(2/π)·(z + 0.044715·z³).
+
+    0.5·(1 + tanh(u)) = sigmoid(2u): one exp, and no tanh (which Triton's core language does
+    not offer across 3.6–3.9); it saturates to 0 or 1 for large |u| instead of overflowing.
+    """
+    z2 = z * z
+    u = _SQRT_2_OVER_PI * (z + _GELU_TANH_CUBIC * z2 * z)
+    du = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_TANH_CUBIC * z2)
+    return tl.sigmoid(2.0 * u), du
+
+
 @triton.jit
 def _activation_fwd(z, alpha, inv_alpha, ACT: tl.constexpr):
-    """ACT 0: identity; 1: ReLU; 2: CELU(alpha) = z if z > 0 else alpha·(exp(z/alpha) − 1)."""
+    """The activation of fp32 ``z`` (the codes of ``plan._ACT_CODES``), as PyTorch's:
+    0 identity; 1 ReLU; 2 CELU(alpha) = z if z > 0 else alpha·(exp(z/alpha) − 1);
+    3 exact GELU z·Φ(z) = z·(1 + erf(z/√2))/2; 4 tanh GELU z·(1 + tanh(u))/2;
+    5 SiLU z·sigmoid(z)."""
     if ACT == 1:
         out = tl.where(z < 0.0, 0.0, z)  # NaN passes through, as torch.relu
     elif ACT == 2:
         # exp of a large positive z overflows to inf in the discarded branch only: harmless.
         out = tl.where(z > 0.0, z, alpha * (tl.exp(z * inv_alpha) - 1.0))
+    elif ACT == 3:
+        out = 0.5 * z * (1.0 + tl.erf(z * _INV_SQRT2))
+    elif ACT == 4:
+        s, _ = _gelu_tanh_parts(z)
+        out = z * s
+    elif ACT == 5:
+        out = z * tl.sigmoid(z)
     else:
         out = z
     return out
@@ -138,12 +191,25 @@ def _activation_fwd(z, alpha, inv_alpha, ACT: tl.constexpr):
 
 @triton.jit
 def _activation_bwd(dy, z, inv_alpha, ACT: tl.constexpr):
-    """dL/dz from dL/dy, PyTorch's conventions: ReLU passes where z > 0; CELU's slope is 1
-    for z > 0 and exp(z/alpha) otherwise (elu_backward on the input)."""
+    """dL/dz from dL/dy (fp32), PyTorch's conventions: ReLU passes where z > 0; CELU's slope
+    is 1 for z > 0 and exp(z/alpha) otherwise (elu_backward on the input); exact GELU's is
+    Φ(z) + z·φ(z); tanh GELU's s + 2·z·s·(1 − s)·du/dz with s = sigmoid(2u) (the tanh form
+    0.5·(1 + t) + 0.5·z·(1 − t²)·du/dz rewritten with t = 2s − 1); SiLU's s·(1 + z·(1 − s))
+    with s = sigmoid(z)."""
     if ACT == 1:
         g = tl.where(z > 0.0, dy, 0.0)
     elif ACT == 2:
         g = tl.where(z > 0.0, dy, dy * tl.exp(z * inv_alpha))
+    elif ACT == 3:
+        cdf = 0.5 * (1.0 + tl.erf(z * _INV_SQRT2))
+        pdf = _INV_SQRT_2PI * tl.exp(-0.5 * z * z)
+        g = dy * (cdf + z * pdf)
+    elif ACT == 4:
+        s, du = _gelu_tanh_parts(z)
+        g = dy * (s + 2.0 * z * (s * (1.0 - s)) * du)
+    elif ACT == 5:
+        s = tl.sigmoid(z)
+        g = dy * (s * (1.0 + z * (1.0 - s)))
     else:
         g = dy
     return g

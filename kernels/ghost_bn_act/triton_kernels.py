@@ -35,14 +35,14 @@ from kernels.ghost_bn_act.triton_helpers import (
 @triton.jit
 def _ghost_bn_act_fwd_stats_kernel(
     x_ptr,  # *x.dtype  x (B, C, H, W), channels_last or contiguous (CHANNELS_LAST)
-    pooled_ptr,  # *x.dtype  out (B, C, H/2, W/2) in x's layout, when SAVE_POOL
-    argmax_ptr,  # *u8       out (B, C, H/2, W/2): window index 0..3 (row-major), SAVE_POOL
+    pooled_ptr,  # *x.dtype  out (B, C, H // 2, W // 2) in x's layout, when SAVE_POOL
+    argmax_ptr,  # *u8       out (B, C, H // 2, W // 2): window index 0..3 (row-major)
     psum_ptr,  # *fp32     out (S, n_chunks, C): Σ(v − K) per program, when STATS
     psq_ptr,  # *fp32     out (S, n_chunks, C): Σ(v − K)², when STATS
     C,  # i32 channels
     HW,  # i32 H·W, pixels of one input image
-    W,  # i32 input width
-    OHW,  # i32 pixels of one normalised image (H/2·W/2 with POOL, else HW)
+    W,  # i32 input width: x's row stride in pixels (odd with a floored pool)
+    OHW,  # i32 pixels of one normalised image ((H // 2)·(W // 2) with POOL, else HW)
     OW,  # i32 normalised width
     G,  # i32 images per ghost split
     tiles_per_prog,  # i32 tiles of BLOCK_Q pixels × BLOCK_C channels each program reduces
@@ -200,10 +200,10 @@ def _ghost_bn_act_fwd_kernel(
     OHW,  # i32 pixels of one output image
     OW,  # i32 output width
     G,  # i32 images per split (B in eval)
-    alpha,  # fp32 CELU alpha
+    alpha,  # fp32 CELU alpha (unused by the other activations)
     inv_alpha,  # fp32 1 / alpha
     POOL: tl.constexpr,  # pool on the fly (eval without grad: nothing saved)
-    ACT: tl.constexpr,  # 0 none, 1 relu, 2 celu
+    ACT: tl.constexpr,  # 0 none, 1 relu, 2 celu, 3 gelu, 4 gelu_tanh, 5 silu (plan._ACT_CODES)
     HAS_WEIGHT: tl.constexpr,  # learnable scale (else frozen at 1)
     CHANNELS_LAST: tl.constexpr,
     BLOCK_Q: tl.constexpr,

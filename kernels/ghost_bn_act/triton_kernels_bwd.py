@@ -16,6 +16,7 @@ from __future__ import annotations
 from kernels._common import tl, triton
 from kernels.ghost_bn_act.triton_helpers import (
     _activation_bwd,
+    _dropped_edges,
     _grid_2d,
     _normalise,
     _offset_in_image,
@@ -47,7 +48,7 @@ def _ghost_bn_act_bwd_reduce_kernel(
     G,  # i32 images per split
     tiles_per_prog,  # i32
     inv_alpha,  # fp32 1 / CELU alpha
-    ACT: tl.constexpr,
+    ACT: tl.constexpr,  # plan._ACT_CODES, as the forward's
     HAS_WEIGHT: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
     BLOCK_Q: tl.constexpr,
@@ -140,7 +141,7 @@ def _ghost_bn_act_bwd_kernel(
     src_ptr,  # *x.dtype  (B, C, OH, OW) the normalised values (x, or pooled)
     dy_ptr,  # *x.dtype  (B, C, OH, OW) grad of y
     argmax_ptr,  # *u8       (B, C, OH, OW) window index, read when POOL
-    dx_ptr,  # *x.dtype  out (B, C, H, W) grad of x (H = 2·OH with POOL)
+    dx_ptr,  # *x.dtype  out (B, C, H, W) grad of x (OH = H // 2, OW = W // 2 with POOL)
     mean_ptr,  # *fp32     (S, C)
     rstd_ptr,  # *fp32     (S, C)
     bias_ptr,  # *fp32     (C,)
@@ -149,12 +150,13 @@ def _ghost_bn_act_bwd_kernel(
     mean_gx_ptr,  # *fp32     (S, C) mean of g·x̂ per split (zeros in eval)
     C,  # i32 channels
     HW,  # i32 pixels of one dx image
-    W,  # i32 dx width
+    W,  # i32 dx width: x's row stride in pixels (OW = W // 2 with POOL)
     OHW,  # i32 pixels of one src image
     OW,  # i32 src width
     G,  # i32 images per split
     inv_alpha,  # fp32 1 / CELU alpha
     POOL: tl.constexpr,  # scatter through the 2×2 argmax
+    ODD_HW: tl.constexpr,  # POOL and x's H or W is odd: zero the row/column the pool dropped
     ACT: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
@@ -184,6 +186,25 @@ def _ghost_bn_act_bwd_kernel(
     q2, c2 = _grid_2d(q, c, CHANNELS_LAST)
     mask = (q2 < OHW) & (c2 < C)
     off = image * C * OHW + _offset_in_image(q2, c2, C, OHW, CHANNELS_LAST)
+    if POOL:
+        p2, c2 = _grid_2d(_window_corner(q, OW, W), c, CHANNELS_LAST)
+        dst = dx_ptr + image * C * HW + _offset_in_image(p2, c2, C, HW, CHANNELS_LAST)
+        step = _pixel_step(C, CHANNELS_LAST)
+        if ODD_HW:
+            # The floored pool never read x's last row (odd H) / column (odd W): their
+            # gradient is zero, written by the windows beside them (the last of each row /
+            # column), so here too every element of dx is written exactly once. Done before
+            # the arithmetic below so that its masks and addresses are dead by then (with
+            # them live, ptxas spilled on sm_90a).
+            edge_zero = _zero_tile(BLOCK_Q, BLOCK_C, CHANNELS_LAST).to(dx_ptr.dtype.element_ty)
+            right, bottom = _dropped_edges(q, OHW // OW, OW, HW // W, W)
+            right2, _ = _grid_2d(right, c, CHANNELS_LAST)
+            bottom2, _ = _grid_2d(bottom, c, CHANNELS_LAST)
+            tl.store(dst + 2 * step, edge_zero, mask=mask & right2)
+            tl.store(dst + (W + 2) * step, edge_zero, mask=mask & right2)
+            tl.store(dst + 2 * W * step, edge_zero, mask=mask & bottom2)
+            tl.store(dst + (2 * W + 1) * step, edge_zero, mask=mask & bottom2)
+            tl.store(dst + (2 * W + 2) * step, edge_zero, mask=mask & right2 & bottom2)
     v = tl.load(src_ptr + off, mask=mask, other=0.0)
     dy = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
     xhat, z = _normalise(v, mean, rstd, bias, weight, HAS_WEIGHT)
@@ -192,9 +213,6 @@ def _ghost_bn_act_bwd_kernel(
     dv = (scale * (g - mean_g - xhat * mean_gx)).to(dx_ptr.dtype.element_ty)
     if POOL:
         which = tl.load(argmax_ptr + tl.max_contiguous(off, [1, ARGMAX_VEC]), mask=mask, other=0)
-        p2, c2 = _grid_2d(_window_corner(q, OW, W), c, CHANNELS_LAST)
-        dst = dx_ptr + image * C * HW + _offset_in_image(p2, c2, C, HW, CHANNELS_LAST)
-        step = _pixel_step(C, CHANNELS_LAST)
         zero = tl.zeros_like(dv)
         # All four window positions are written, so dx needs no separate zero fill.
         tl.store(dst, tl.where(which == 0, dv, zero), mask=mask)
