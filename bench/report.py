@@ -207,7 +207,7 @@ def format_recipe_models(recipes: dict[str, Any]) -> str:
             f"{r['step_ms']:.2f}",
             f"{r['ten_epochs_s']:.2f}",
             f"{r['per_ten_epochs_s']:.2f}",
-            r["published"] if r["gpu"].startswith("A100") else "",
+            r["published"],
         )
         for r in recipes["rows"]
     ]

@@ -60,7 +60,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.layers import ACTIVATIONS, BNSiteControls, ConvBlock, activation, op_backend
+from model.layers import (
+    ACTIVATIONS,
+    BNSiteControls,
+    ConvBlock,
+    activation,
+    bn_site_options,
+    op_backend,
+)
 from model.resnet9 import BNSiteShape
 from model.whitening import PatchWhitening, WhiteningFilters, whitening_filters_from_data
 
@@ -241,15 +248,7 @@ class AirbenchNet(BNSiteControls, nn.Module):
             config = config.replace(**overrides)
         self.config = config
         w1, w2, w3 = config.widths
-        bn = dict(
-            splits=config.ghost_splits,
-            act=config.activation,
-            alpha=config.celu_alpha,
-            learnable_scale=not config.frozen_bn_scale,
-            eps=config.bn_eps,
-            momentum=config.bn_momentum,
-            backend=config.backend,
-        )
+        bn = bn_site_options(config)
         k = config.whitening_patch_size
         self.whitening = PatchWhitening(3, k, padding=0, negate=True, bias=True)
         if config.whitening_bias_init == "default":

@@ -22,6 +22,7 @@ min(c_in, c_out) channels (:func:`dirac_init_`), airbench's initialisation.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ __all__ = [
     "GhostBNAct",
     "Residual",
     "activation",
+    "bn_site_options",
     "dirac_init_",
     "op_backend",
 ]
@@ -245,6 +247,20 @@ class Residual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (B, C, H, W) → (B, C, H, W)."""
         return x + self.block2(self.block1(x))
+
+
+def bn_site_options(config: Any) -> dict[str, Any]:
+    """The :class:`GhostBNAct` options a network's config gives every BN site (ResNet9's and
+    the airbench family's configs name them alike)."""
+    return dict(
+        splits=config.ghost_splits,
+        act=config.activation,
+        alpha=config.celu_alpha,
+        learnable_scale=not config.frozen_bn_scale,
+        eps=config.bn_eps,
+        momentum=config.bn_momentum,
+        backend=config.backend,
+    )
 
 
 class BNSiteControls:

@@ -38,7 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.layers import BNSiteControls, ConvBlock, GhostBNAct, Residual, op_backend
+from model.layers import (
+    BNSiteControls,
+    ConvBlock,
+    GhostBNAct,
+    Residual,
+    bn_site_options,
+    op_backend,
+)
 from model.whitening import PatchWhitening
 
 __all__ = ["BNSiteShape", "ResNet9Config", "ResNet9", "Head", "bn_site_shapes", "channel_widths"]
@@ -147,15 +154,7 @@ class ResNet9(BNSiteControls, nn.Module):
             config = config.replace(**overrides)
         self.config = config
         c0, c1, c2, c3 = config.widths
-        bn = dict(
-            splits=config.ghost_splits,
-            act=config.activation,
-            alpha=config.celu_alpha,
-            learnable_scale=not config.frozen_bn_scale,
-            eps=config.bn_eps,
-            momentum=config.bn_momentum,
-            backend=config.backend,
-        )
+        bn = bn_site_options(config)
         pool = "before_bn" if config.pool_before_bn else "after_bn"
 
         if config.whitening:

@@ -50,6 +50,17 @@ def _ctrl_c_raises_keyboard_interrupt():
     signal.signal(signal.SIGINT, previous)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny-network tests (``pytestmark =
+    pytest.mark.usefixtures("one_thread")``): such a network gains nothing from more, and on
+    a busy machine spinning threads cost more than they give."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 #: Where the ``gpu``-marked kernel tests create their tensors.
 KERNEL_DEVICE = torch.device(
     "cuda" if os.environ["TRITON_INTERPRET"] == "0" and torch.cuda.is_available() else "cpu"

@@ -53,12 +53,7 @@ CONFIG = preset_config("airbench94", **TINY)
 TOTAL = 6  # ceil(1.5 · 4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Recorded:

@@ -54,14 +54,7 @@ def tiny_data(seed: int = 0) -> TinyData:
 DATA = tiny_data()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the tiny network gains nothing from more, and on a busy machine
-    spinning threads cost more than they give. (The CLI subprocess gets the same count.)"""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def new_trainer(config: TrainConfig = CONFIG, data: TinyData = DATA) -> Trainer:

@@ -163,43 +163,9 @@ def _fwd_fake(x, pooled, argmax, mean, rstd, bias, weight, pool, act, alpha, tra
     )
 
 
-def _bwd_op_impl(
-    dy: torch.Tensor,
-    src: torch.Tensor,
-    argmax: torch.Tensor,
-    mean: torch.Tensor,
-    rstd: torch.Tensor,
-    bias: torch.Tensor,
-    weight: torch.Tensor | None,
-    pool: bool,
-    channels_last: bool,
-    act: str,
-    alpha: float,
-    training: bool,
-    height: int,
-    width: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _bwd_impl(
-        dy,
-        src,
-        argmax,
-        mean,
-        rstd,
-        bias,
-        weight,
-        pool,
-        channels_last,
-        act,
-        alpha,
-        training,
-        height,
-        width,
-    )
-
-
 ghost_bn_act_bwd_op = register_kernel_op(
     "ghost_bn_act_bwd",
-    _bwd_op_impl,
+    _bwd_impl,
     mutates_args=(),
     schema="(Tensor dy, Tensor src, Tensor argmax, Tensor mean, Tensor rstd, Tensor bias, "
     "Tensor? weight, bool pool, bool channels_last, str act, float alpha, "
