@@ -1,7 +1,7 @@
 """``python -m bench``: every benchmark that fits this machine, one table, two JSON files.
 
     python -m bench                 # everything that fits the device (minutes)
-    python -m bench --quick         # CI sizes: quarter width, two BN sites (~3 min on 2 CPUs)
+    python -m bench --quick         # CI sizes: quarter width, three BN sites (~3 min on 2 CPUs)
     python -m bench --out DIR       # where the files go (default bench-results/)
 
 What it does, in order:
@@ -35,8 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="CI sizes: quarter-width shapes, two BN sites, the CPU-sized step, "
-        "one AOT spec per kernel",
+        help="CI sizes: quarter-width shapes, two ResNet9 BN sites and one airbench94 site, "
+        "the CPU-sized step, one AOT spec per kernel",
     )
     p.add_argument("--out", default="bench-results", help="output folder (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda[:N]")

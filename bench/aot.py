@@ -12,7 +12,8 @@ whether a kernel is any good on an A100 (``sm_80``) or H100 (``sm_90a``):
 
 Each kernel family builds its :class:`~kernels._common.AotSpec` list in its ``specs.py``;
 :func:`all_specs` gathers them at the trainer's configurations (the ghost-BN sites come from
-the model, through :func:`bench.shapes.bn_sites`), :func:`compile_spec` compiles one and
+the models, through :func:`bench.shapes.bn_sites` for ResNet9 and
+:func:`bench.shapes.airbench_bn_sites` for airbench94), :func:`compile_spec` compiles one and
 measures it, and :func:`report` does every spec for several architectures. From the shell::
 
     python -m bench.aot                        # every spec, sm_80 and sm_90
@@ -44,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.shapes import QUARTER, RECIPE_BATCH, bn_sites
+from bench.shapes import AIRBENCH_PRESET, QUARTER, RECIPE_BATCH, BNSite, airbench_bn_sites, bn_sites
 from kernels._common import AotSpec
 from kernels.augment import aot_specs as augment_aot_specs
 from kernels.ghost_bn_act import AotSite
@@ -636,28 +637,69 @@ def ghost_bn_act_specs(full: bool = False) -> list[AotSpec]:
         recipes = list(GHOST_BN_RECIPES)
     # Recipe-major order, as the labels of deduplicated specs depend on it (first one wins).
     return ghost_bn_act_aot_specs(
-        AotSite(
-            site.name,
-            site.channels,
-            site.height,
-            site.width,
-            site.pool,
-            dt,
-            act,
-            has_weight,
-            site.batch,
-            site.splits,
-        )
+        aot_site(site, dt, act, has_weight)
         for width, dt, act, has_weight in recipes
         for site in bn_sites(RECIPE_BATCH, width)
     )
 
 
-def all_specs() -> list[AotSpec]:
+def aot_site(site: BNSite, dtype: str, act: str, has_weight: bool) -> AotSite:
+    """The :class:`AotSite` of a benchmark site (:class:`bench.shapes.BNSite`): its shape,
+    pool, batch and splits, x in ``dtype`` ("fp16", "bf16" or "fp32"), ``act`` after BN and
+    a learnable scale with ``has_weight``. Spec labels then name the site as the benchmark
+    table does (``ghost_bn_fwd-airbench94.block1.conv1-c64-fp16…``), but for ResNet9 without
+    the width suffix (``ghost_bn_fwd-layer1-c128…``: the channels say the width)."""
+    name = site.name if site.preset is None else site.label
+    return AotSite(
+        name,
+        site.channels,
+        site.height,
+        site.width,
+        site.pool,
+        dtype,
+        act,
+        has_weight,
+        site.batch,
+        site.splits,
+    )
+
+
+#: x dtypes of the airbench sites the report compiles: fp16 (the recipe's autocast) and
+#: bf16, the two half precisions the kernels are tuned for.
+AIRBENCH_DTYPES: tuple[str, ...] = ("fp16", "bf16")
+
+
+def airbench_specs(preset: str = AIRBENCH_PRESET) -> list[AotSpec]:
+    """Every ghost-BN kernel at the BN sites of ``preset``'s airbench network, deduplicated.
+
+    The sites are the model's own (:func:`bench.shapes.airbench_bn_sites`: airbench94 at
+    its batch of 1024, plain BN — one split —, GELU, odd sizes 31/15/7 before the floored
+    2×2 pool), channels_last, the scale frozen as every airbench recipe has it, x in each
+    of :data:`AIRBENCH_DTYPES`: six sites × two dtypes, every training kernel plus the
+    eval forward. 33 specs once deduplicated: sites repeat constexprs and divisibility
+    hints (every block3 spec compiles as a block2 one, every finalize pass as block1's);
+    ~3 s each to compile per arch.
+    """
+    # Dtype-major order, as the labels of deduplicated specs depend on it (first one wins).
+    return ghost_bn_act_aot_specs(
+        aot_site(site, dt, site.act, has_weight=False)
+        for dt in AIRBENCH_DTYPES
+        for site in airbench_bn_sites(preset)
+    )
+
+
+def all_specs(airbench: bool = True) -> list[AotSpec]:
     """Every spec the report compiles: the augmentation kernel at the data's shapes
-    (:func:`kernels.augment.aot_specs`), then the ghost-BN kernels at the trainer's BN sites
-    (:func:`ghost_bn_act_specs`). Raises ValueError if two specs share a label."""
+    (:func:`kernels.augment.aot_specs`), the ghost-BN kernels at ResNet9's BN sites
+    (:func:`ghost_bn_act_specs`), then — unless ``airbench`` is False — at airbench94's
+    (:func:`airbench_specs`). Raises ValueError if two specs share a label.
+
+    ``airbench=False`` is the list CI compiles in full; it compiles the airbench sites only
+    as a sample (``tests/test_aot.py``), as they add 33 compiles per arch.
+    """
     specs = [*augment_aot_specs(), *ghost_bn_act_specs()]
+    if airbench:
+        specs += airbench_specs()
     labels = [s.label for s in specs]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:

@@ -14,6 +14,7 @@ Candidates by op:
 augment        eager, compile, triton, ``loop`` (one image at a time in Python),
                ``grouped`` (the seed's up-to-200-groups method) — one batch
 ghost_bn_act   eager, compile, triton — forward, backward, forward+backward, per BN site
+               (ResNet9's and airbench94's, :mod:`bench.shapes`)
 step           eager, compile, triton — forward+backward+optimizer+EMA (the trainer's step)
 epoch          eager, compile, triton, grouped (+ loop on a GPU) — shuffle + augment of the
                50,000 training images, no network
@@ -54,6 +55,7 @@ from bench.workloads import (
     runtime_for,
     step_inputs,
     synthetic_images,
+    train_config,
     triton_augment_bytes,
     triton_ghost_bn_act_bytes,
 )
@@ -305,6 +307,8 @@ def _bn_inputs(
 
 
 def _bn_call(site: BNSite, backend: str, inp: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One training-mode call at ``site`` (its splits, pool and activation; frozen scale, as
+    every recipe's): x (B, C, H, W) → y (B, C, H', W') in x's dtype and memory format."""
     return kernels.ghost_bn_act(
         inp["x"],
         inp["bias"],
@@ -312,8 +316,8 @@ def _bn_call(site: BNSite, backend: str, inp: dict[str, torch.Tensor]) -> torch.
         inp["running_var"],
         splits=site.splits,
         pool=site.pool,
-        act="celu",
-        alpha=0.3,
+        act=site.act,
+        alpha=site.alpha,
         training=True,
         backend=backend,
     )
@@ -364,9 +368,11 @@ def ghost_bn_act_comparison(
         {},
         extra={
             "site": site.name,
+            "network": "resnet9" if site.preset is None else site.preset,
             "sites_in_model": site.times,
             "splits": site.splits,
             "pool": site.pool,
+            "act": site.act,
             "channels_last": channels_last,
             "input_sets": sets,
         },
@@ -430,6 +436,18 @@ def ghost_bn_act_comparison(
     return comp
 
 
+def _triton_site_bytes(site: BNSite, dtype: torch.dtype, direction: str) -> int:
+    """Bytes the Triton kernels move at ``site`` in training, "fwd" or "bwd", with the site's
+    own splits and activation (``bench.workloads.triton_ghost_bn_act_bytes`` assumes the
+    ResNet9 recipe's 32-image splits, which would give a plain-BN airbench site 32)."""
+    kw = dict(splits=site.splits, learnable_scale=False, act=site.act)
+    fwd = int(kernels.ghost_bn_act_bytes(site.shape, dtype, site.pool, True, False, **kw)["triton"])
+    if direction == "fwd":
+        return fwd
+    both = int(kernels.ghost_bn_act_bytes(site.shape, dtype, site.pool, True, True, **kw)["triton"])
+    return both - fwd
+
+
 def _bn_bytes(
     comp: Comparison,
     site: BNSite,
@@ -451,9 +469,7 @@ def _bn_bytes(
         comp.candidates["compile"].bytes = sum(_bn_compiled[site_key][p] for p in parts) or None
         comp.candidates["compile"].bytes_how = "Inductor's count of its compiled graphs"
     if "triton" in comp.candidates:
-        comp.candidates["triton"].bytes = sum(
-            triton_ghost_bn_act_bytes(site.shape, dtype, site.pool, p) for p in parts
-        )
+        comp.candidates["triton"].bytes = sum(_triton_site_bytes(site, dtype, p) for p in parts)
         comp.candidates["triton"].bytes_how = "kernels.ghost_bn_act.ghost_bn_act_bytes"
     # The least any implementation can move: read x and write y (forward); read x, y (or
     # recompute) and dy, write dx (backward) — an ideal fused kernel's traffic.
@@ -901,11 +917,18 @@ def triton_step_bytes(count: Any) -> tuple[int, str]:
     for site in count.bn_sites:
         for direction in ("fwd", "bwd"):
             total += triton_ghost_bn_act_bytes(
-                site["shape"], getattr(torch, site["dtype"]), site["pool"], direction
+                site["shape"],
+                getattr(torch, site["dtype"]),
+                site["pool"],
+                direction,
+                act=site["act"],
+                splits=site["splits"],
             )
     if "augment" in count.phases:
         shape = count.shape
-        a = triton_augment_bytes(shape.batch, getattr(torch, count.dtype), 0, 4)
+        config = train_config(shape)  # the recipe's own translate and cutout
+        dtype = getattr(torch, count.dtype)
+        a = triton_augment_bytes(shape.batch, dtype, config.cutout, config.pad)
         total += a - count.phases["augment"]["bytes"]
     return total, "eager count with BN sites (and augment) from the kernels' bytes functions"
 

@@ -304,6 +304,8 @@ def count_train_step(
                         "index": index,
                         "shape": list(x.shape),
                         "pool": module.pool,
+                        "splits": int(module.splits),
+                        "act": module.act,
                         "dtype": str(x.dtype).replace("torch.", ""),
                         "channels_last": bool(
                             x.is_contiguous(memory_format=torch.channels_last)
@@ -423,17 +425,20 @@ def count_train_step(
 
 
 def triton_ghost_bn_act_bytes(
-    shape: Sequence[int], dtype: torch.dtype, pool: bool, direction: str, act: str | None = "celu"
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    pool: bool,
+    direction: str,
+    act: str | None = "celu",
+    splits: int | None = None,
 ) -> int:
     """Bytes the Triton ghost-BN kernels move at one site in training ("fwd", "bwd" or
-    "fwd+bwd"), from ``kernels.ghost_bn_act_bytes`` (the recipe's frozen scale, splits of
-    32 images)."""
+    "fwd+bwd"), from ``kernels.ghost_bn_act_bytes`` (frozen scale; ``splits`` ghost batches,
+    by default the seed's splits of 32 images)."""
     b = int(shape[0])
-    kw = dict(
-        splits=max(1, b // GHOST_BATCH) if b % GHOST_BATCH == 0 else 1,
-        learnable_scale=False,
-        act=act,
-    )
+    if splits is None:
+        splits = max(1, b // GHOST_BATCH) if b % GHOST_BATCH == 0 else 1
+    kw = dict(splits=splits, learnable_scale=False, act=act)
     fwd = int(ghost_bn_act_bytes(tuple(shape), dtype, pool, True, False, **kw)["triton"])
     if direction == "fwd":
         return fwd

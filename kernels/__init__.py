@@ -41,6 +41,7 @@ from kernels.ghost_bn_act import (
     ACTIVATIONS,
     ghost_bn_act,
     ghost_bn_act_bytes,
+    ghost_bn_act_native,
     ghost_bn_act_reference,
 )
 
@@ -52,6 +53,7 @@ __all__ = [
     "augment_reference",
     "ghost_bn_act",
     "ghost_bn_act_bytes",
+    "ghost_bn_act_native",
     "ghost_bn_act_reference",
     "interpreting",
     "random_augment_params",

@@ -248,7 +248,8 @@ class AirbenchNet(BNSiteControls, nn.Module):
             config = config.replace(**overrides)
         self.config = config
         w1, w2, w3 = config.widths
-        bn = bn_site_options(config)
+        # plain BN by design: on the eager backend, PyTorch's own batch norm (model.layers)
+        bn = {**bn_site_options(config), "native_eager": True}
         k = config.whitening_patch_size
         self.whitening = PatchWhitening(3, k, padding=0, negate=True, bias=True)
         if config.whitening_bias_init == "default":

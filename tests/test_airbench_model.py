@@ -515,3 +515,25 @@ def test_triton_backend_matches_eager(act):
     triton_model.eval(), eager.eval()
     with torch.no_grad():
         torch.testing.assert_close(triton_model(x), eager(x), rtol=1e-4, atol=1e-4)
+
+
+def test_airbench_sites_run_pytorchs_batch_norm_on_the_eager_backend(monkeypatch):
+    """Plain BN by design: every airbench site takes ghost_bn_act_native on the eager backend
+    (and the written-out reference is what ResNet9's ghost BN keeps)."""
+    import model.layers as layers
+    from model import ResNet9, ResNet9Config
+
+    calls = []
+    native = layers.ghost_bn_act_native
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["splits"])
+        return native(*args, **kwargs)
+
+    monkeypatch.setattr(layers, "ghost_bn_act_native", spy)
+    net = AirbenchNet(widths=TINY)
+    assert all(site.native_eager for site in net.bn_sites())
+    assert not any(site.native_eager for site in ResNet9(ResNet9Config(width=0.0625)).bn_sites())
+    net.set_whitening(torch.randn(24, 3, 2, 2))
+    net(torch.randn(4, 3, 32, 32)).sum().backward()
+    assert calls == [1] * 6

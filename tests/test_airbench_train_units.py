@@ -15,7 +15,7 @@ from torch import nn
 
 from train.batches import AugmentedBatches
 from train.config import CIFAR10_MEAN, CIFAR10_STD
-from train.evaluate import evaluate
+from train.evaluate import evaluate, kernel_render
 from train.flips import alternating_flips, draw_start_flips, flip_mode
 from train.jitter import apply_jitter, draw_jitter
 from train.lookahead import AIRBENCH_LOOKAHEAD_BASE, Lookahead, lookahead_decay
@@ -576,6 +576,29 @@ def test_selective_tta_is_multiview_on_the_least_confident_and_flip_elsewhere():
         assert torch.equal(selective_logits(model, x, 0.25, base=flip), out)
         assert torch.equal(selective_logits(model, x, 0.0), flip)
         torch.testing.assert_close(selective_logits(model, x, 1.0), full)
+
+
+@pytest.mark.parametrize("backend", ["eager", "triton"])
+def test_the_augmentation_kernel_renders_every_view(backend):
+    """Each view made from the uint8 images by the augmentation kernel (pad 1, crop at
+    1 + shift, mirror) equals the view written out pixel by pixel from the normalised
+    images, for the whole batch and for chosen rows, in fp32 and bf16, channels_last."""
+    images = torch.randint(0, 256, (7, 3, 6, 5), dtype=torch.uint8)
+    indices = torch.tensor([6, 0, 3, 2])
+    rows = torch.tensor([3, 1])
+    for dtype in (torch.float32, torch.bfloat16):
+        render = kernel_render(
+            images, indices, mean=CIFAR10_MEAN, std=CIFAR10_STD, out_dtype=dtype,
+            backend=backend, validate=True,
+        )  # fmt: skip
+        x = normalised(images).to(dtype).float()
+        for view in MULTIVIEW:
+            whole = render(view, None)
+            assert whole.dtype == dtype and whole.shape == (4, 3, 6, 5)
+            assert whole.is_contiguous(memory_format=torch.channels_last)
+            expected = view_by_hand(x[indices], view.shift, view.flip)
+            assert torch.equal(whole.float(), expected)
+            assert torch.equal(render(view, rows).float(), expected[rows])
 
 
 @pytest.mark.parametrize("tta", [False, True, "multiview", "selective"])

@@ -15,11 +15,22 @@ import torch
 
 from bench import baselines, report, roofline
 from bench.counters import ByteCounter, conv_flops, count_bytes, count_flops, op_bytes
-from bench.shapes import AugmentShape, StepShape, bn_sites, model_bn_inputs, quick_bn_sites
+from bench.shapes import (
+    AIRBENCH_PRESET,
+    QUARTER,
+    AugmentShape,
+    StepShape,
+    airbench_bn_sites,
+    bn_sites,
+    model_bn_inputs,
+    quick_bn_sites,
+)
 from bench.timing import Samples, Timed, TimingPlan, compare, quantile
 from kernels import augment_reference, random_augment_params
+from model import AirbenchNet, patch_whitening_filters
 from model.resnet9 import ResNet9, ResNet9Config
-from train.config import CIFAR10_MEAN, CIFAR10_STD
+from train.config import CIFAR10_MEAN, CIFAR10_STD, airbench_config
+from train.presets import preset_config
 
 REPO = Path(__file__).resolve().parents[1]
 GPU = torch.cuda.is_available()
@@ -125,10 +136,79 @@ def test_bn_site_table_matches_the_model(width):
     assert seen == expanded
 
 
+def test_airbench_bn_sites_match_the_model():
+    """airbench94's sites are what a real AirbenchNet of the preset feeds its BN modules
+    (hooks on a training-mode forward at batch 2), with each module's activation, splits
+    and frozen scale; by default at the preset's batch."""
+    config = preset_config(AIRBENCH_PRESET)
+    model = AirbenchNet(airbench_config(config, "eager"))
+    # Any whitening filters do: only the shapes after them are recorded.
+    model.set_whitening(patch_whitening_filters(torch.randn(8, 3, 8, 8), 2, negate=True).filters)
+    sites = airbench_bn_sites(AIRBENCH_PRESET, batch=2)
+    expanded = [(site.shape, site.pool) for site in sites for _ in range(site.times)]
+    assert model_bn_inputs(model, batch=2) == expanded
+    # 31×31 → 15, 15 → 7, 7 → 3: every pooled site has an odd size, floored by the pool.
+    assert [s.shape[2:] for s in sites if s.pool] == [(31, 31), (15, 15), (7, 7)]
+    assert [s.out_shape[2:] for s in sites if s.pool] == [(15, 15), (7, 7), (3, 3)]
+    modules = list(model.bn_sites())
+    assert [(m.act, m.splits, m.weight is None) for m in modules] == [
+        (s.act, s.splits, True) for s in sites for _ in range(s.times)
+    ]
+    assert {s.act for s in sites} == {"gelu"} and {s.splits for s in sites} == {1}
+    assert {s.batch for s in airbench_bn_sites()} == {config.batch_size} == {1024}
+    with pytest.raises(ValueError, match="not the airbench network"):
+        airbench_bn_sites("tta")
+
+
+def test_bn_site_labels_are_unique():
+    """Labels name test ids, table rows and AOT specs: unique over both networks and widths."""
+    sites = [*bn_sites(512, 1.0), *bn_sites(512, QUARTER), *airbench_bn_sites()]
+    labels = [s.label for s in sites]
+    assert len(set(labels)) == len(labels)
+    assert "airbench94.block1.conv1" in labels and "layer1-w0.25" in labels
+
+
 def test_quick_sites_cover_pool_and_no_pool():
     sites = quick_bn_sites()
-    assert {s.pool for s in sites} == {True, False}
-    assert all(s.model_width == 0.25 and s.batch == 512 for s in sites)
+    resnet = [s for s in sites if s.preset is None]
+    assert {s.pool for s in resnet} == {True, False}
+    assert all(s.model_width == 0.25 and s.batch == 512 and s.act == "celu" for s in resnet)
+    assert all(s.splits == 16 for s in resnet)
+    # One airbench site, kept small for CI: the odd-size floored pool with GELU, plain BN.
+    (airbench,) = [s for s in sites if s.preset == AIRBENCH_PRESET]
+    assert airbench.pool and airbench.height % 2 and airbench.act == "gelu"
+    assert airbench.splits == 1 and airbench.batch == 1024
+    assert math.prod(airbench.shape) <= math.prod(resnet[0].shape)
+
+
+def test_aot_specs_cover_every_airbench_site():
+    """Every kernel that a training step and an eval forward launch at each airbench94 site,
+    in each dtype, is among the report's specs (found by what it compiles, as deduplication
+    keeps one label per compile); and the model-read sites compile what the kernels' own
+    airbench table (``AIRBENCH_SHAPES``) lists for GELU at batch 1024. No compile."""
+    from bench import aot
+    from kernels.ghost_bn_act import airbench_sites
+    from kernels.ghost_bn_act import aot_specs as ghost_bn_act_aot_specs
+    from kernels.ghost_bn_act.specs import site_specs
+
+    def compiled(spec) -> tuple:
+        return (
+            spec.kernel,
+            tuple(sorted(spec.signature.items())),
+            tuple(sorted(spec.constexprs.items())),
+            tuple(sorted(spec.divisible_by_16)),
+            spec.num_warps,
+        )
+
+    reported = {compiled(s) for s in aot.all_specs()}
+    for site in airbench_bn_sites():
+        for dtype in aot.AIRBENCH_DTYPES:
+            for spec in site_specs(aot.aot_site(site, dtype, site.act, has_weight=False)):
+                assert compiled(spec) in reported, spec.label
+    airbench = aot.airbench_specs()
+    assert all(".block" in s.label and "airbench94" in s.label for s in airbench)
+    table = ghost_bn_act_aot_specs(airbench_sites(1024, aot.AIRBENCH_DTYPES, ("gelu",)))
+    assert {compiled(s) for s in airbench} == {compiled(s) for s in table}
 
 
 @pytest.mark.parametrize("cutout_size", [0, 5])
@@ -364,6 +444,16 @@ def test_the_airbench_step_counts_what_its_source_says():
     count = count_train_step(StepShape(1.0, 1024, "airbench94"), torch.float16, True)
     assert count.flops / 1024 == pytest.approx(0.71e9, rel=0.01)
     assert [site["shape"][2] for site in count.bn_sites] == [31, 15, 15, 7, 7, 3]
+    # plain BN (one split) and GELU at every site: the Triton byte model counts those
+    assert {(site["splits"], site["act"]) for site in count.bn_sites} == {(1, "gelu")}
+    from bench.cases import triton_step_bytes
+    from bench.workloads import triton_ghost_bn_act_bytes
+
+    site = count.bn_sites[0]
+    one_split = triton_ghost_bn_act_bytes(site["shape"], torch.float16, True, "fwd", "gelu", 1)
+    ghost = triton_ghost_bn_act_bytes(site["shape"], torch.float16, True, "fwd", "gelu", 32)
+    assert one_split < ghost  # 32 splits keep 32 sets of statistics
+    assert triton_step_bytes(count)[0] < count.eager_bytes()
     eager, triton = count.launches("eager"), count.launches("triton")
     assert triton["uncaptured"] < eager["uncaptured"]
     assert eager["graphed"] == triton["graphed"] is not None

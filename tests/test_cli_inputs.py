@@ -221,12 +221,19 @@ def test_ctrl_c_at_start_up_or_while_the_data_loads_exits_130_in_one_line(where,
         (["--lr-schedule", "cosine"], "argument --lr-schedule: invalid choice: 'cosine'"),
         (["--optimizer", "adam"], "argument --optimizer: invalid choice: 'adam'"),
         (["--muon-ns-steps", "0"], "argument --muon-ns-steps: must be an integer in [1, 20]"),
+        # ResNet9 named: on a CPU with no size given, the run would be airbench94 itself
         (
-            ["--whitening-patch-size", "2"],
+            ["--network", "resnet9", "--whitening-patch-size", "2"],
             "--whitening-patch-size 2 needs --network airbench",
         ),
-        (["--optimizer", "muon"], "--optimizer muon trains the non-filter weights with"),
-        (["--activation", "silu"], "--activation silu needs --network airbench"),
+        (
+            ["--network", "resnet9", "--optimizer", "muon"],
+            "--optimizer muon trains the non-filter weights with",
+        ),
+        (
+            ["--network", "resnet9", "--activation", "silu"],
+            "--activation silu needs --network airbench",
+        ),
         (
             ["--optimizer", "muon", "--sgd-form", "airbench", "--lr", "2"],
             "--lr 2.0 has no effect with --optimizer muon",

@@ -138,3 +138,36 @@ def test_ctrl_c_during_compare_exits_130_in_one_line(capsys):
         assert main(["compare", "--a", "", "--b", "", "--runs", "2", *TINY]) == EXIT_INTERRUPTED
     err = capsys.readouterr().err.strip()
     assert err == "error: compare interrupted by Ctrl-C after 0 of 4 runs; nothing written"
+
+
+def test_a_size_on_one_side_only_is_refused_on_a_cpu(capsys):
+    assert main(["compare", "--a", "--width 0.5", "--b", "", "--device", "cpu"]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: one side sets the run's size") and "--width" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_unsized_sides_are_sized_once_and_alike_on_a_cpu(monkeypatch):
+    """With no size given, the CPU default measures once (not once per side) and both
+    sides train the same rung, whatever their other flags."""
+    from train import cpu_default
+    from train.compare import _compare_parser, _side_configs
+    from train.presets import preset_config
+
+    measured = []
+
+    def fake_measure(config_at, *args, **kwargs):
+        measured.append(config_at)
+        return {0.25: 1000.0, 0.5: 400.0, 1.0: 130.0}  # width 0.5 on 10,000 images fits
+
+    monkeypatch.setattr(cpu_default, "measure_step_rates", fake_measure)
+    args, common = _compare_parser().parse_known_args(
+        ["--a", "--lookahead on", "--b", "--lookahead off", "--device", "cpu"]
+    )
+    config_a, config_b, note = _side_configs(args, common, has_gpu=False)
+    assert len(measured) == 1
+    rung = cpu_default.CpuRung(0.5, 10_000, 5)
+    common_fields = dict(device="cpu", **rung.overrides())
+    assert config_a == preset_config("airbench94", lookahead=True, **common_fields)
+    assert config_b == preset_config("airbench94", lookahead=False, **common_fields)
+    assert rung.flags() in note

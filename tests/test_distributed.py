@@ -176,7 +176,7 @@ def test_per_rank_batch_must_hold_whole_ghost_splits():
 
 def test_distribute_flag_is_a_config_field_accepted_by_one_process():
     args = build_parser().parse_args(["--distribute", "runs", "--device", "cpu"])
-    config, _ = config_from_args(args, has_gpu=False)
+    config, _ = config_from_args(args, has_gpu=False, measure=lambda config_at: {})
     assert config.distribute == "runs"
     with pytest.raises(ConfigError, match="invalid choice: 'bogus'.*'data', 'runs'"):
         build_parser(raise_errors=True).parse_args(["--distribute", "bogus"])

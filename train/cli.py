@@ -76,7 +76,9 @@ def _main(argv: list[str]) -> int:
 
     has_gpu = torch.cuda.is_available()
     try:
-        config, note = config_from_args(args, has_gpu=has_gpu)
+        config, note = config_from_args(
+            args, has_gpu=has_gpu, announce=lambda line: say(line, flush=True)
+        )
     except ConfigError as error:
         return fail(EXIT_USAGE, str(error))
     if note:
@@ -124,20 +126,26 @@ def _run_under_torchrun(
     )
     from train.runtime import resolve_device
 
+    # Every error below is met by every rank alike and reported by rank 0; the others wait
+    # until it has (the group's barrier), or torchrun, seeing one rank exit, could stop
+    # rank 0 before it said why. So even a device error joins the group first (over gloo).
+    device_error: ConfigError | None = None
     try:
-        if checkpoint is not None or resume is not None:
-            # Saving and resuming would need every rank to stop at the same step and one
-            # file per run written by one rank; not supported yet.
-            raise ConfigError(
-                "--checkpoint and --resume are not supported under torchrun "
-                "with several processes: drop them, or train in one process"
-            )
         device_type = resolve_device(config.device).type
     except ConfigError as error:
-        return fail(EXIT_USAGE, str(error))
+        device_type, device_error = "cpu", error
     ctx = init_distributed(device_type)
     try:  # leave the group however this ends, so that torchrun sees a clean exit
         try:
+            if device_error is not None:
+                raise device_error
+            if checkpoint is not None or resume is not None:
+                # Saving and resuming would need every rank to stop at the same step and
+                # one file per run written by one rank; not supported yet.
+                raise ConfigError(
+                    "--checkpoint and --resume are not supported under torchrun "
+                    "with several processes: drop them, or train in one process"
+                )
             if config.distribute == "data":  # reported before any data is loaded
                 if config.network == "airbench":
                     from train.build import data_parallel_airbench_refusal

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from train.config import ConfigError, TrainConfig
@@ -31,6 +31,8 @@ from train.flags import (
     fail,
     load_data,
     number_type,
+    say,
+    sizes_the_run,
     take_subsets,
 )
 
@@ -84,9 +86,7 @@ def _refuse_compare_own(args: argparse.Namespace, where: str) -> None:
             )
 
 
-def _side_config(
-    flags: str, common: Sequence[str], has_gpu: bool, name: str
-) -> tuple[TrainConfig, str | None]:
+def _side_args(flags: str, common: Sequence[str], name: str) -> argparse.Namespace:
     try:
         side = shlex.split(flags)
     except ValueError as error:  # e.g. "No closing quotation"
@@ -98,7 +98,35 @@ def _side_config(
     except ConfigError as error:
         raise ConfigError(f"side {name} ({flags!r}): {error}") from None
     _refuse_compare_own(args, f"side {name}")
-    return config_from_args(args, has_gpu=has_gpu)
+    return args
+
+
+def _side_configs(
+    args: argparse.Namespace, common: Sequence[str], has_gpu: bool
+) -> tuple[TrainConfig, TrainConfig, str | None]:
+    """Both sides' configurations, and the note of A's. Without a GPU and with no flag that
+    sizes the run, both sides get the CPU default at one size, measured once."""
+    side_a = _side_args(args.a, common, "A")
+    side_b = _side_args(args.b, common, "B")
+    if not has_gpu and sizes_the_run(side_a) != sizes_the_run(side_b):
+        raise ConfigError(
+            "one side sets the run's size (--preset, --network, --width, --train-subset, "
+            "--epochs, --batch-size or --full) and the other does not, so on a CPU they "
+            "would train different recipes: give the size to both, or as common flags"
+        )
+    measured: list[dict[float, float]] = []
+
+    def measure_once(config_at: Callable[[Any], TrainConfig]) -> dict[float, float]:
+        if not measured:
+            from train.cpu_default import measure_step_rates
+
+            say("No GPU in use: timing a few training steps to size both sides alike")
+            measured.append(measure_step_rates(config_at))
+        return measured[0]
+
+    config_a, note = config_from_args(side_a, has_gpu=has_gpu, measure=measure_once)
+    config_b, _ = config_from_args(side_b, has_gpu=has_gpu, measure=measure_once)
+    return config_a, config_b, note
 
 
 def compare_main(argv: Sequence[str]) -> int:
@@ -110,8 +138,7 @@ def compare_main(argv: Sequence[str]) -> int:
     has_gpu = torch.cuda.is_available()
     try:
         _check_common(common)
-        config_a, note = _side_config(args.a, common, has_gpu, "A")
-        config_b, _ = _side_config(args.b, common, has_gpu, "B")
+        config_a, config_b, note = _side_configs(args, common, has_gpu)
         if config_a.data_dir != config_b.data_dir:
             raise ConfigError(
                 "A and B must read the same data (--data-dir); put it after "

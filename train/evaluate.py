@@ -11,7 +11,7 @@ from torch import nn
 
 import kernels
 from train.loss import label_smoothing_loss
-from train.tta import multiview_logits, selective_logits, tta_mode
+from train.tta import Render, View, multiview_logits, selective_logits, tta_mode
 
 
 @dataclass
@@ -40,6 +40,28 @@ def tta_logits(
     return (logits + model(flipped).float()) / 2
 
 
+def kernel_render(images: torch.Tensor, indices: torch.Tensor, **augment_options) -> Render:
+    """The :data:`~train.tta.Render` that makes each view of the test images ``indices``
+    (int64 (B,)) straight from the uint8 set ``images`` (N, 3, H, W) with the augmentation
+    kernel: a reflect-pad of 1 and a crop at ``1 + shift`` give the shifted window, the
+    kernel's flip mirrors it after the shift (as :func:`train.tta.view_of` does), and the
+    normalisation and cast are the same as the plain batch's. ``augment_options``: the
+    ``mean``, ``std``, ``out_dtype``, ``backend`` and ``validate`` of :func:`kernels.augment`.
+    """
+
+    def render(view: View, rows: torch.Tensor | None) -> torch.Tensor:
+        chosen = indices if rows is None else indices[rows]
+        count, device = chosen.shape[0], chosen.device
+        crop = torch.full((count, 2), 1 + view.shift, dtype=torch.int64, device=device)
+        flip = torch.full((count,), view.flip, dtype=torch.bool, device=device)
+        no_cutout = torch.zeros(count, 2, dtype=torch.int64, device=device)
+        return kernels.augment(
+            images, chosen, crop, flip, no_cutout, cutout_size=0, pad=1, **augment_options
+        )
+
+    return render
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -64,7 +86,8 @@ def evaluate(
     the augmentation kernel), ``False``/"none", "multiview" (airbench94's six views) or
     "selective" (flip TTA, plus the six views for the least-confident ``tta_fraction`` of
     each batch of ``batch_size``: choose a batch size that divides the test set for the
-    fraction to hold over the whole set, e.g. 2000 or 1000 of 10,000).
+    fraction to hold over the whole set, e.g. 2000 or 1000 of 10,000). Every view is made by
+    the augmentation kernel from the uint8 images (:func:`kernel_render`).
     """
     mode = tta_mode(tta)
     count = images.shape[0]
@@ -76,28 +99,24 @@ def evaluate(
         n = indices.shape[0]
         no_crop = torch.zeros(n, 2, dtype=torch.int64, device=device)
         no_flip = torch.zeros(n, dtype=torch.bool, device=device)
-        common = dict(
-            cutout_size=0,
-            pad=0,
-            mean=mean,
-            std=std,
-            out_dtype=dtype,
-            backend=backend,
-            validate=False,
-        )
-        inputs = kernels.augment(images, indices, no_crop, no_flip, no_crop, **common)
-        flipped = (
-            kernels.augment(images, indices, no_crop, ~no_flip, no_crop, **common)
-            if mode in ("flip", "selective")
-            else None
-        )
+        options = dict(mean=mean, std=std, out_dtype=dtype, backend=backend, validate=False)
+        render = kernel_render(images, indices, **options)
+        common = dict(cutout_size=0, pad=0, **options)
         with autocast:
             if mode == "multiview":
-                logits = multiview_logits(model, inputs)
+                logits = multiview_logits(model, None, render=render)
             else:
+                inputs = kernels.augment(images, indices, no_crop, no_flip, no_crop, **common)
+                flipped = (
+                    kernels.augment(images, indices, no_crop, ~no_flip, no_crop, **common)
+                    if mode in ("flip", "selective")
+                    else None
+                )
                 logits = tta_logits(model, inputs, flipped)
                 if mode == "selective":
-                    logits = selective_logits(model, inputs, tta_fraction, base=logits)
+                    logits = selective_logits(
+                        model, inputs, tta_fraction, base=logits, render=render
+                    )
         target = labels[indices]
         loss_sum += label_smoothing_loss(logits, target, smoothing)
         correct += (logits.argmax(dim=1) == target).sum()

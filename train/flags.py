@@ -148,8 +148,9 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
         raise_errors=raise_errors,
         prog="python -m train",
         description="Train ResNet9 on CIFAR-10 with the 'bag of tricks' recipe (94%% in "
-        "10 epochs). Without a GPU it runs a CPU-sized configuration unless "
-        "--full is given.",
+        "10 epochs), or any preset of either ladder. Without a GPU, and with no flag that "
+        "sizes the run, it runs airbench94 at the size that fits a few minutes on this CPU "
+        "(measured first); --full runs the full recipe anyway.",
         epilog="exit codes: 0 done; 2 bad flags, or --resume of a different run; 3 "
         "unreadable data or checkpoint; 4 the loss diverged; 130 / 143 stopped by "
         "SIGINT / SIGTERM (after saving, with --checkpoint)",
@@ -270,7 +271,7 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
     add(
         "--full",
         action="store_true",
-        help="on a CPU, run the full recipe anyway (hours) instead of the CPU-sized one",
+        help="on a CPU, run the full recipe (or --preset's) anyway, instead of a CPU-sized run",
     )
     g = p.add_argument_group("research")
     g.add_argument(
@@ -392,12 +393,45 @@ def _airbench_flags(p: argparse.ArgumentParser) -> None:
 _NOT_CONFIG = ("full", "preset", "list_presets", "plot", "checkpoint", "resume")
 
 
-def config_from_args(args: argparse.Namespace, *, has_gpu: bool) -> tuple[TrainConfig, str | None]:
-    """The validated config, and a note when the CPU-sized configuration was applied."""
+#: Flags that size a run: giving any of them on a CPU keeps the fixed CPU-sized
+#: configuration (:data:`CPU_QUICK_OVERRIDES`, filling in the others) instead of the
+#: measured airbench94 default (:mod:`train.cpu_default`).
+_SIZING = ("preset", "network", "width", "train_subset", "epochs", "batch_size")
+
+#: Measures step rates for the CPU default: ``measure(config_at)`` → images/s per width
+#: (see :func:`train.cpu_default.measure_step_rates`).
+RateProbe = Callable[[Callable[[Any], TrainConfig]], dict[float, float]]
+
+
+def sizes_the_run(args: argparse.Namespace) -> bool:
+    """Whether the flags set the run's size themselves (any of :data:`_SIZING`, or
+    ``--full``): then a CPU run is not sized by measuring."""
+    return getattr(args, "full", False) or any(
+        getattr(args, name, None) is not None for name in _SIZING
+    )
+
+
+def config_from_args(
+    args: argparse.Namespace,
+    *,
+    has_gpu: bool,
+    measure: RateProbe | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> tuple[TrainConfig, str | None]:
+    """The validated config, and a note when a CPU-sized configuration was applied.
+
+    On a CPU (no ``--full``): with no flag that sizes the run (:data:`_SIZING`), the
+    airbench94 rung of :mod:`train.cpu_default` that fits this CPU, chosen from the step
+    rates ``measure`` returns (default: measured now; ``announce`` is told first, since that
+    takes a few seconds); otherwise :data:`CPU_QUICK_OVERRIDES` fills in the sizes not given.
+    """
     given: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     note = None
     device = given.get("device", "auto")
     on_cpu = device == "cpu" or (device == "auto" and not has_gpu)
+    preset = getattr(args, "preset", None)
+    if on_cpu and not getattr(args, "full", False) and not sizes_the_run(args):
+        return _cpu_default(given, measure, announce)
     if on_cpu and not getattr(args, "full", False):
         filled = {k: v for k, v in CPU_QUICK_OVERRIDES.items() if k not in given}
         if filled:
@@ -407,12 +441,41 @@ def config_from_args(args: argparse.Namespace, *, has_gpu: bool) -> tuple[TrainC
                 f"No GPU in use: running the CPU-sized configuration ({shown}); the full "
                 "recipe takes hours on a CPU: add --full to run it anyway."
             )
-    preset = getattr(args, "preset", None)
     if preset is not None:
         from train.presets import preset_config
 
         return preset_config(preset, **given), note
     return TrainConfig().replace(**given), note
+
+
+def _cpu_default(
+    given: dict[str, Any],
+    measure: RateProbe | None,
+    announce: Callable[[str], None] | None,
+) -> tuple[TrainConfig, str]:
+    """airbench94 at the :mod:`train.cpu_default` rung that fits this CPU, with the other
+    flags the user gave; and the line that says so."""
+    from train import cpu_default
+    from train.presets import preset_config
+
+    def config_at(rung: cpu_default.CpuRung) -> TrainConfig:
+        return preset_config(cpu_default.CPU_PRESET, **{**given, **rung.overrides()})
+
+    config_at(cpu_default.CPU_LADDER[0])  # a bad flag fails now, before any measuring
+    if measure is None and os.environ.get("WORLD_SIZE", "1") != "1":
+        # Under torchrun every process would time its own steps and might size its run
+        # differently: all take the first rung instead.
+        measure = lambda config_at: {}  # noqa: E731
+    if measure is None:
+        if announce is not None:
+            announce(
+                "No GPU in use: running the airbench94 recipe sized for this CPU; timing a "
+                "few training steps to choose the size (--full runs a full recipe instead)"
+            )
+        measure = cpu_default.measure_step_rates
+    rates = measure(config_at)
+    rung = cpu_default.choose_rung(rates)
+    return config_at(rung), cpu_default.describe_choice(rung, rates)
 
 
 def load_data(config: TrainConfig):

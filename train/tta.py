@@ -17,6 +17,12 @@ combined logits are the weighted sum of the views' float32 logits.
 Each view is one forward of a batch of B (so a compiled forward keeps its shape); the
 selective variant forwards its ``k`` chosen images (another shape: a compiled forward
 compiles it once more).
+
+Where the views come from: by default :func:`view_of` shifts and mirrors the normalised
+batch with tensor ops (pad, slice, flip, copy: four passes over the batch per view). The
+evaluation passes a :data:`Render` instead, which makes each view straight from the uint8
+test set with the augmentation kernel (a reflect-pad of 1, a crop at ``1 + shift``, the
+mirror), one pass per view; the two give equal tensors (``tests/test_airbench_train_units.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ import torch.nn.functional as F
 
 #: The network's forward: normalised images (B, C, H, W) → logits (B, K).
 Forward = Callable[[torch.Tensor], torch.Tensor]
+
+#: Makes one view of the batch, or of some of its images: ``render(view, rows)`` → normalised
+#: images (k, C, H, W) in the batch's dtype and memory format, ``rows`` an int64 (k,) tensor
+#: of positions in the batch, or None for the whole batch (k = B).
+Render = Callable[["View", "torch.Tensor | None"], torch.Tensor]
 
 #: The TTA settings :func:`tta_mode` accepts (besides True = "flip", False = "none").
 TTA_MODES: tuple[str, ...] = ("none", "flip", "multiview", "selective")
@@ -96,14 +107,34 @@ def flip_logits(forward: Forward, inputs: torch.Tensor) -> torch.Tensor:
     return (forward(inputs).float() + forward(mirrored).float()) / 2
 
 
+def tensor_render(inputs: torch.Tensor) -> Render:
+    """The :data:`Render` that makes views of the normalised batch ``inputs`` (B, C, H, W) with
+    :func:`view_of`."""
+
+    def render(view: View, rows: torch.Tensor | None) -> torch.Tensor:
+        picked = inputs if rows is None else _same_layout(inputs[rows], inputs)
+        return view_of(picked, view)
+
+    return render
+
+
 def multiview_logits(
-    forward: Forward, inputs: torch.Tensor, views: Sequence[View] = MULTIVIEW
+    forward: Forward,
+    inputs: torch.Tensor | None,
+    views: Sequence[View] = MULTIVIEW,
+    *,
+    render: Render | None = None,
 ) -> torch.Tensor:
     """Weighted sum of the float32 logits of ``views`` of ``inputs`` (B, C, H, W) (airbench94's
-    six by default): float32 (B, K)."""
+    six by default): float32 (B, K). ``render`` makes the views (default: :func:`tensor_render`
+    of ``inputs``; with a ``render``, ``inputs`` may be None: it is not read)."""
+    if render is None:
+        if inputs is None:
+            raise ValueError("multiview_logits needs the inputs or a render")
+        render = tensor_render(inputs)
     total = None
     for view in views:
-        logits = forward(view_of(inputs, view)).float() * view.weight
+        logits = forward(render(view, None)).float() * view.weight
         total = logits if total is None else total + logits
     return total
 
@@ -139,6 +170,7 @@ def selective_logits(
     *,
     base: torch.Tensor | None = None,
     views: Sequence[View] = MULTIVIEW,
+    render: Render | None = None,
 ) -> torch.Tensor:
     """Flip-TTA logits for every image; the full multi-view logits for the least-confident
     ``fraction`` of the batch (:func:`selected_count` of them, ranked by :func:`confidence`
@@ -152,6 +184,8 @@ def selective_logits(
             augmentation kernel's mirrored batch); computed with :func:`flip_logits` if None.
         views: the multi-view set; its unshifted views must be exactly the flip pair with
             equal weights (airbench's), whose share is then taken from ``base``.
+        render: makes the shifted views of the chosen images (default:
+            :func:`tensor_render` of ``inputs``).
 
     Returns:
         float32 (B, K): ``base`` on the other images; on the chosen ones, ``base`` times the
@@ -172,9 +206,9 @@ def selective_logits(
     if count == 0:
         return base
     chosen = least_confident(base, count)
-    picked = _same_layout(inputs[chosen], inputs)
+    render = render or tensor_render(inputs)
     combined = base[chosen] * (2 * unshifted[0].weight)
     for view in views:
         if view.shift:
-            combined = combined + forward(view_of(picked, view)).float() * view.weight
+            combined = combined + forward(render(view, chosen)).float() * view.weight
     return base.index_copy(0, chosen, combined)

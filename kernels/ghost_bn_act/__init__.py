@@ -83,6 +83,7 @@ Layout: a tile is [pixels × channels] of one image. Offsets are written for cha
 """
 
 from kernels.ghost_bn_act.byte_model import ghost_bn_act_bytes
+from kernels.ghost_bn_act.native import ghost_bn_act_native
 from kernels.ghost_bn_act.op import (
     ghost_bn_act,
     ghost_bn_act_bwd_op,
@@ -107,6 +108,7 @@ __all__ = [
     "ghost_bn_act_bwd_op",
     "ghost_bn_act_bytes",
     "ghost_bn_act_fwd_op",
+    "ghost_bn_act_native",
     "ghost_bn_act_reference",
     "ghost_bn_stats_op",
 ]

@@ -3,7 +3,9 @@ registered as ``torch.library`` ops with fake (meta) functions and autograd.
 
 Backends (see :mod:`kernels._common`): ``"eager"`` runs
 :func:`~kernels.ghost_bn_act.reference.ghost_bn_act_reference`, ``"compile"`` the same under
-``torch.compile``, ``"triton"`` the kernels through three custom ops.
+``torch.compile``, ``"triton"`` the kernels through three custom ops. (A network whose batch
+norm is plain by design can run :func:`~kernels.ghost_bn_act.native.ghost_bn_act_native`
+instead of the eager reference: ``model.layers.GhostBNAct(native_eager=True)``.)
 
 Registration (:func:`kernels._common.register_kernel_op`): ``triton_op`` with compiled kernels,
 so that a compiled graph launches them from its own code; ``custom_op`` under the interpreter.
