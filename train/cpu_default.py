@@ -65,9 +65,10 @@ class CpuRung:
 #: Cheapest first: a wider network, then more of the training set at that width, then the
 #: full width on all of it. Measured on ../shared/cifar10 (AMD EPYC, 2 cores, AVX2, fp32,
 #: eager, six-view TTA): width 0.25 on 10,000 images × 5 epochs 68.66% (mean of seeds
-#: 0-3); width 0.5, same data, 72.79% (seeds 0-2); width 0.5 on 20,000 images: the README's
-#: CPU row. (Width 1 on 10,000 images gave 76.83%, seeds 0-2, in 420 s: dearer than width
-#: 0.5 on more images, which is why the ladder widens only on the whole set.)
+#: 0-3); width 0.5, same data, 72.79% (seeds 0-2); width 0.5 on 20,000 images 81.04%
+#: (seeds 0-2); width 0.5 on all 50,000 images 86.41% (seeds 0-2, about 7 minutes each).
+#: (Width 1 on 10,000 images gave 76.83%, seeds 0-2, in 420 s: dearer than width 0.5 on
+#: more images, which is why the ladder widens only on the whole set.)
 CPU_LADDER: tuple[CpuRung, ...] = (
     CpuRung(0.25, 10_000, 5),
     CpuRung(0.5, 10_000, 5),
