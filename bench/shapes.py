@@ -44,7 +44,9 @@ ResNet9's (``layer1-w0.25``) in test ids, table rows or AOT spec labels.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -171,7 +173,13 @@ def bn_sites(batch: int = RECIPE_BATCH, width: float = 1.0) -> list[BNSite]:
     sites, and sites with the same shape (a residual pair's two convs) become one entry
     with ``times`` 2."""
     config = ResNet9Config(width=width)
-    shapes = Counter(bn_site_shapes(config))  # keeps first-seen order
+    return _sites(bn_site_shapes(config), batch, width, config)
+
+
+def _sites(shapes: Iterable[Any], batch: int, width: float, net: Any, **extra: Any) -> list[BNSite]:
+    """One :class:`BNSite` per distinct shape of ``shapes`` (a network's sites in forward
+    order, each with ``name``, ``channels``, ``size`` and ``pool``), with how many times it
+    occurs, at ``batch``; the activation from the network's config ``net``."""
     return [
         BNSite(
             s.name,
@@ -182,10 +190,11 @@ def bn_sites(batch: int = RECIPE_BATCH, width: float = 1.0) -> list[BNSite]:
             s.pool,
             times,
             width,
-            act=config.activation,
-            alpha=config.celu_alpha,
+            act=net.activation,
+            alpha=net.celu_alpha,
+            **extra,
         )
-        for s, times in shapes.items()
+        for s, times in Counter(shapes).items()  # keeps first-seen order
     ]
 
 
@@ -203,24 +212,9 @@ def airbench_bn_sites(preset: str = AIRBENCH_PRESET, batch: int | None = None) -
         raise ValueError(f"preset {preset!r} trains {config.network!r}, not the airbench network")
     batch = config.batch_size if batch is None else batch
     net = airbench_config(config, "eager")
-    shapes = Counter(airbench_bn_site_shapes(net))  # airbench94's six differ: times 1 each
-    return [
-        BNSite(
-            s.name,
-            batch,
-            s.channels,
-            s.size,
-            s.size,
-            s.pool,
-            times,
-            1.0,
-            act=net.activation,
-            alpha=net.celu_alpha,
-            ghost_batch=config.ghost_batch,
-            preset=preset,
-        )
-        for s, times in shapes.items()
-    ]
+    # airbench94's six sites differ: times 1 each
+    sites = airbench_bn_site_shapes(net)
+    return _sites(sites, batch, 1.0, net, ghost_batch=config.ghost_batch, preset=preset)
 
 
 #: The airbench site ``--quick`` times: block3's first conv, 7×7 → 3×3 — the floored pool

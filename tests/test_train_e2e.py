@@ -352,14 +352,29 @@ def test_eager_and_compile_backends_both_train_alike(archive_dir, tmp_path):
 
 # --------------------------------------------------------------------------- real data
 REAL_DATA = os.environ.get("CIFAR10_DIR")
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(
+real_data = pytest.mark.skipif(
     not REAL_DATA,
     reason="set CIFAR10_DIR to a CIFAR-10 binary copy "
     "(CI points it at ../shared/cifar10) to run the real-data check",
 )
+
+
+def two_real_data_runs(out: Path, what: str, *flags: str) -> dict:
+    """Two runs (seeds 0 and 1) of ``flags`` on the CPU with the real data; the --json
+    record, after checking that both ran, and one line of what they reached."""
+    result = run_cli("--device", "cpu", *flags, "--runs", "2", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    record = json.loads(out.read_text())
+    print(
+        f"{what}: mean test accuracy {record['summary']['test_acc']['mean']:.4f} over 2 runs, "
+        f"{record['runs'][0]['train_time']:.1f} s of training each"
+    )
+    assert len(record["runs"]) == 2
+    return record
+
+
+@pytest.mark.slow
+@real_data
 def test_real_data_quick_run_reaches_recipe_accuracy(tmp_path):
     """The issue's CPU check: width 0.25, 10,000 training images, 5 epochs, batch 128, as
     the mean of two runs (seeds 0 and 1): averaging halves the scatter of a single seed.
@@ -371,40 +386,13 @@ def test_real_data_quick_run_reaches_recipe_accuracy(tmp_path):
     recipe (bench/plain_recipe.py) measured 0.6763 at these settings. The threshold on the
     two-run mean sits about four points under our mean of 0.685.
     """
-    out = tmp_path / "quick.json"
-    result = run_cli(
-        "--device",
-        "cpu",
-        "--width",
-        "0.25",
-        "--train-subset",
-        "10000",
-        "--epochs",
-        "5",
-        "--batch-size",
-        "128",
-        "--runs",
-        "2",
-        "--json",
-        str(out),
-    )
-    assert result.returncode == 0, result.stderr
-    record = json.loads(out.read_text())
-    accuracy = record["summary"]["test_acc"]["mean"]
-    print(
-        f"real-data quick run: mean test accuracy {accuracy:.4f} over 2 runs, "
-        f"{record['runs'][0]['train_time']:.1f} s of training each"
-    )
-    assert len(record["runs"]) == 2
-    assert accuracy > 0.64
+    flags = ("--width", "0.25", "--train-subset", "10000", "--epochs", "5", "--batch-size", "128")
+    record = two_real_data_runs(tmp_path / "quick.json", "real-data quick run", *flags)
+    assert record["summary"]["test_acc"]["mean"] > 0.64
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not REAL_DATA,
-    reason="set CIFAR10_DIR to a CIFAR-10 binary copy "
-    "(CI points it at ../shared/cifar10) to run the real-data check",
-)
+@real_data
 def test_real_data_airbench94_at_the_cpu_ladders_first_rung(tmp_path):
     """The airbench family at a reduced budget: the airbench94 preset at the CPU ladder's
     first rung (width 0.25, 10,000 training images, 5 epochs, batch 256; six-view TTA), as
@@ -417,17 +405,9 @@ def test_real_data_airbench94_at_the_cpu_ladders_first_rung(tmp_path):
     """
     from train.cpu_default import CPU_LADDER
 
-    out = tmp_path / "airbench.json"
     flags = CPU_LADDER[0].flags().split()
-    result = run_cli("--device", "cpu", *flags, "--runs", "2", "--json", str(out))
-    assert result.returncode == 0, result.stderr
-    record = json.loads(out.read_text())
+    what = "real-data airbench94 first rung"
+    record = two_real_data_runs(tmp_path / "airbench.json", what, *flags)
     config = record["config"]
     assert (config["network"], config["width"], config["tta"]) == ("airbench", 0.25, "multiview")
-    accuracy = record["summary"]["test_acc"]["mean"]
-    print(
-        f"real-data airbench94 first rung: mean test accuracy {accuracy:.4f} over 2 runs, "
-        f"{record['runs'][0]['train_time']:.1f} s of training each"
-    )
-    assert len(record["runs"]) == 2
-    assert accuracy > 0.65
+    assert record["summary"]["test_acc"]["mean"] > 0.65

@@ -53,11 +53,7 @@ def ghost_bn_act_native(
     or not ``training``; :func:`ghost_bn_act_reference` otherwise. Arguments, shapes and
     dtypes as the reference's: ``x`` float32/float16/bfloat16 (B, C, H, W); ``bias``,
     ``running_mean``, ``running_var``, ``weight`` float32 (C,). Checked as the op's inputs are."""
-    check_ghost_bn_act_inputs(
-        x,
-        bias,
-        running_mean,
-        running_var,
+    options = dict(
         weight=weight,
         splits=splits,
         pool=pool,
@@ -67,21 +63,9 @@ def ghost_bn_act_native(
         momentum=momentum,
         training=training,
     )
+    check_ghost_bn_act_inputs(x, bias, running_mean, running_var, **options)
     if training and splits != 1:
-        return ghost_bn_act_reference(
-            x,
-            bias,
-            running_mean,
-            running_var,
-            weight=weight,
-            splits=splits,
-            pool=pool,
-            act=act,
-            alpha=alpha,
-            eps=eps,
-            momentum=momentum,
-            training=training,
-        )
+        return ghost_bn_act_reference(x, bias, running_mean, running_var, **options)
     if pool:
         x = F.max_pool2d(x, 2)
     normalised = F.batch_norm(
