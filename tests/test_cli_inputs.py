@@ -277,3 +277,19 @@ def test_airbench_flags_reach_the_config(argv, field, value):
 def test_airbench_preset_reaches_training_on_the_cpu():
     argv = ["--preset", "speedrun-2025", "--full", "--batch-size", "32"]
     assert run_until_training(argv) == EXIT_OK
+
+
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        (["--help"], "(94% in 10 epochs)"),
+        (["--help"], "23% of the steps"),  # a flag's help, which argparse %-formats
+        (["pool", "--help"], "95% CI of test accuracy"),
+    ],
+)
+def test_help_prints_percent_signs_once(capsys, argv, shown):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 0
+    printed = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert shown in printed and "%%" not in printed

@@ -63,6 +63,10 @@ def _main(argv: list[str]) -> int:
         from train.compare import compare_main
 
         return compare_main(argv[1:])
+    if argv[:1] == ["pool"]:
+        from train.pool import pool_main
+
+        return pool_main(argv[1:])
     args = build_parser().parse_args(argv)
     if getattr(args, "list_presets", False):
         from train.presets import describe_presets

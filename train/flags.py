@@ -147,13 +147,15 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
     p = Parser(
         raise_errors=raise_errors,
         prog="python -m train",
-        description="Train ResNet9 on CIFAR-10 with the 'bag of tricks' recipe (94%% in "
+        description="Train ResNet9 on CIFAR-10 with the 'bag of tricks' recipe (94% in "
         "10 epochs), or any preset of either ladder. Without a GPU, and with no flag that "
         "sizes the run, it runs airbench94 at the size that fits a few minutes on this CPU "
         "(measured first); --full runs the full recipe anyway.",
         epilog="exit codes: 0 done; 2 bad flags, or --resume of a different run; 3 "
         "unreadable data or checkpoint; 4 the loss diverged; 130 / 143 stopped by "
-        "SIGINT / SIGTERM (after saving, with --checkpoint)",
+        "SIGINT / SIGTERM (after saving, with --checkpoint). Two more commands: "
+        "'python -m train compare' (is recipe B better than A?) and 'python -m train pool' "
+        "(one summary over several --json files); each has its own --help",
         argument_default=argparse.SUPPRESS,
     )
     add = p.add_argument
