@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from cifar_archive import make_archive
+from tiny_training import TINY_CLI_FLAGS
 
 from train.checkpoint import (
     FORMAT,
@@ -43,20 +44,7 @@ RUNTIME = Runtime(torch.device("cpu"), "eager", torch.float32, channels_last=Fal
 ADVICE = (
     "give --resume a checkpoint this trainer wrote (--checkpoint), or start afresh without --resume"
 )
-TINY = (
-    "--device",
-    "cpu",
-    "--width",
-    "0.0625",
-    "--epochs",
-    "1",
-    "--batch-size",
-    "32",
-    "--train-subset",
-    "128",
-    "--test-subset",
-    "64",
-)
+TINY = TINY_CLI_FLAGS
 
 
 def temporaries(folder: Path) -> list[str]:

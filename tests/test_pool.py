@@ -15,24 +15,10 @@ from pathlib import Path
 import pytest
 from cifar_archive import make_archive
 from scipy import stats
+from tiny_training import TINY_CLI_FLAGS
 
 from train.cli import main
 from train.pool import IGNORED_FIELDS, read_record
-
-TINY_RUN = (
-    "--device",
-    "cpu",
-    "--width",
-    "0.0625",
-    "--epochs",
-    "1",
-    "--batch-size",
-    "64",
-    "--train-subset",
-    "256",
-    "--test-subset",
-    "128",
-)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +33,8 @@ def three_ways(tmp_path_factory) -> dict[str, Path]:
         ("a", ("--seed", "0")),
         ("b", ("--seed", "1", "--runs", "2")),
     ):
-        code = main(["--data-dir", str(archive), *TINY_RUN, *extra, "--json", str(files[name])])
-        assert code == 0, name
+        argv = ["--data-dir", str(archive), *TINY_CLI_FLAGS, *extra, "--json", str(files[name])]
+        assert main(argv) == 0, name
     return files
 
 

@@ -59,20 +59,23 @@ SECOND_LADDER = [
     (
         "ab-muon",
         9.9,
-        {"optimizer", "lr", "weight_decay", "lr_schedule", "lr_floor", "lookahead"},
+        {
+            "optimizer",
+            "lr",
+            "weight_decay",
+            "lr_schedule",
+            "lr_floor",
+            "lookahead",
+            "head_unit_std",
+            "output_scale",
+            "whitening_bias_init",
+        },
     ),
     ("airbench94-muon", 8, {"batch_size", "epochs"}),
     (
         "sr-net",
         8,
-        {
-            "activation",
-            "bn_momentum",
-            "whitening_images",
-            "whitening_bias_init",
-            "head_unit_std",
-            "output_scale",
-        },
+        {"activation", "bn_momentum", "whitening_images"},
     ),
     ("sr-smoothing", 8, {"label_smoothing"}),
     ("sr-muon", 8, {"muon_lr", "muon_momentum", "muon_renormalize_every", "momentum"}),
@@ -196,6 +199,10 @@ def test_muon_and_speedrun_recipes():
     assert m.muon_renormalize_every == 1 and m.momentum == 0.85
     assert (m.lr_schedule, m.lr_floor) == ("linear_decay", 0.0) and not m.lookahead
     assert m.weight_decay / 1024 == pytest.approx(2e-6)  # per example of the batch
+    # airbench94_muon's head: its SGD rate 0.67 is set for logits ÷ the last width (256) of a
+    # unit-std head; with airbench94's ×1/9 the recipe diverged on the real data
+    assert m.head_unit_std and m.output_scale == 1 / m.airbench_widths[-1] == 1 / 256
+    assert m.whitening_bias_init == "default"
     s = preset_config("speedrun-2025")
     assert s.activation == "silu" and s.bn_momentum == pytest.approx(1 - 0.5566)
     assert s.label_smoothing == 0.09 and (s.muon_lr, s.muon_momentum) == (0.205, 0.655)

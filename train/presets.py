@@ -78,11 +78,18 @@ previous published row's epochs, with no figure. Assumptions, and how they were 
   per example (``weight_decay`` 0.002048 per 1024), its linear decay to 0 (the whitening
   bias's rate decays over its own 3 epochs), and no lookahead (airbench94_muon has none).
   ``lr`` goes back to 1.0: Muon's SGD side does not read it (the config refuses another).
+  It takes airbench94_muon's head with it: the head weight rescaled to std 1, logits ÷256
+  (÷ the last width, where airbench94 has ×1/9) and PyTorch's default init of the whitening
+  bias. The head's rate (0.67 per step) is set for that head: with airbench94's ×1/9 logits
+  it moves them 28× as far, and the recipe diverges (measured on the CPU, 2026-12-02: on the
+  whole training set the loss was 27 and the accuracy 10% after the first epoch; at width
+  0.5 on 20,000 images, 3 epochs, 10.0% against 69.0% with this head).
 * **sr-net**: the speedrun's network changes: SiLU in the blocks (GELU still after the
   whitening), BN momentum 0.5566 in its convention (PyTorch 0.4434), whitening from 960
   images ("a few hundred" in RECIPE.md; 960 from :meth:`model.airbench.AirbenchConfig.
-  speedrun2025`), a default-initialised whitening bias, the head rescaled to unit std and
-  logits ÷ 256. Its fp16 BN is not taken (BN stays in float32 here).
+  speedrun2025`). Its head (unit std, logits ÷ 256) and default whitening bias init are
+  airbench94_muon's, already on since ``ab-muon``. Its fp16 BN is not taken (BN stays in
+  float32 here).
 * **sr-muon**: Muon lr 0.205, momentum 0.655, renormalised every 8 steps; SGD momentum 0.825.
   The speedrun's own SGD rates and Newton–Schulz steps are not in RECIPE.md: airbench94_
   muon's are kept. Its schedule is kept too (linear decay).
@@ -374,7 +381,9 @@ _AIRBENCH_STEPS: tuple[
         9.9,
         None,
         None,
-        "Muon on the filters + SGD on the rest (airbench94_muon's), linear decay, no lookahead",
+        "Muon on the filters + SGD on the rest with the head their rates are set for "
+        "(unit-std, logits /256, default whitening bias init) (airbench94_muon's), linear "
+        "decay, no lookahead",
         {
             "optimizer": "muon",
             "lr": 1.0,
@@ -382,8 +391,12 @@ _AIRBENCH_STEPS: tuple[
             "lr_schedule": "linear_decay",
             "lr_floor": 0.0,
             "lookahead": False,
+            "head_unit_std": True,
+            "output_scale": 1 / 256,
+            "whitening_bias_init": "default",
         },
-        "lr back to 1.0: Muon's SGD side keeps airbench94_muon's own rates",
+        "lr back to 1.0: Muon's SGD side keeps airbench94_muon's own rates; its head lr 0.67 "
+        "diverges with airbench94's x1/9 head",
     ),
     (
         "airbench94-muon",
@@ -399,15 +412,11 @@ _AIRBENCH_STEPS: tuple[
         8,
         None,
         None,
-        "the 2025 speedrun's net: SiLU blocks, BN momentum 0.4434, whitening from 960 "
-        "images, default bias init, unit-std head, logits /256",
+        "the 2025 speedrun's net: SiLU blocks, BN momentum 0.4434, whitening from 960 images",
         {
             "activation": "silu",
             "bn_momentum": 1 - 0.5566,
             "whitening_images": 960,
-            "whitening_bias_init": "default",
-            "head_unit_std": True,
-            "output_scale": 1 / 256,
         },
         "",
     ),
