@@ -18,6 +18,7 @@ from scipy import stats
 from tiny_training import TINY_CLI_FLAGS
 
 from train.cli import main
+from train.config import TrainConfig
 from train.pool import IGNORED_FIELDS, read_record
 
 
@@ -163,6 +164,24 @@ def test_settings_that_cannot_change_the_numbers_do_not_block_pooling(tmp_path):
     a = _write(tmp_path, "a.json", _record([0], [0.93], [10.0], data_dir="/x", eval_every=1))
     b = _write(tmp_path, "b.json", _record([1], [0.94], [10.0], data_dir="/y", eval_every=None))
     assert main(["pool", a, b]) == 0
+
+
+def test_a_record_older_than_a_field_pools_at_that_fields_default(tmp_path, capsys):
+    # A record kept from before a field existed ran with the field's default (every field
+    # was added with the recipes' earlier behaviour as its default): it pools with a newer
+    # record at that default, as a checkpoint resumes, and not with one that changed it.
+    default_jitter = TrainConfig().jitter
+    old = _write(tmp_path, "old.json", _record([0], [0.93], [10.0]))
+    new = _write(tmp_path, "new.json", _record([1], [0.94], [10.0], jitter=default_jitter))
+    assert main(["pool", old, new]) == 0
+    assert "0.9350" in capsys.readouterr().out
+    other = _write(tmp_path, "other.json", _record([2], [0.94], [10.0], jitter=0.1))
+    assert main(["pool", old, other]) == 2
+    assert f"jitter {default_jitter} vs 0.1" in capsys.readouterr().err
+    # a JSON list and the default's tuple are one value
+    widths = list(TrainConfig().airbench_widths)
+    listed = _write(tmp_path, "listed.json", _record([3], [0.94], [10.0], airbench_widths=widths))
+    assert main(["pool", old, listed]) == 0
 
 
 @pytest.mark.parametrize(

@@ -213,6 +213,30 @@ def test_muon_and_speedrun_recipes():
     assert s.output_scale == 1 / 256
 
 
+@pytest.mark.parametrize("name", ["ab-muon", "airbench94-muon", "sr-net", "speedrun-2025"])
+def test_muon_head_divides_logits_by_the_last_width_at_any_width(name):
+    # airbench94_muon's head divides by whatever its last width is: 128 at half width, and
+    # the rounded channel count at an odd multiplier (256 × 0.3 = 76.8 -> 77)
+    assert preset_config(name, width=0.5).output_scale == 1 / 128
+    assert preset_config(name, width=0.3).output_scale == 1 / 77
+    assert preset_config(name, airbench_widths=(32, 64, 96)).output_scale == 1 / 96
+    assert preset_config(name, width=0.5, airbench_widths=(32, 64, 96)).output_scale == 1 / 48
+    # an explicit scale is the user's, at any width
+    assert preset_config(name, width=0.5, output_scale=0.25).output_scale == 0.25
+    # only the scale moves: the rest is the preset's, with the width asked for
+    half = preset_config(name, width=0.5)
+    assert diff_configs(preset_config(name), half) == {
+        "width": (1.0, 0.5),
+        "output_scale": (1 / 256, 1 / 128),
+    }
+
+
+@pytest.mark.parametrize("name", ["ab-net", "airbench94", "tta"])
+def test_other_presets_keep_their_output_scale_at_any_width(name):
+    # airbench94's ×1/9 and the seed's ×1/16 are constants of their recipes, not ÷ a width
+    assert preset_config(name, width=0.5).output_scale == preset_config(name).output_scale
+
+
 def test_final_preset_is_the_default_recipe():
     assert preset_config("tta") == TrainConfig()
     assert PRESETS["tta"].overrides == {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -434,6 +435,17 @@ class TrainConfig:
                 f"warm-up and floor epochs belong to the piecewise schedule, not "
                 f"--lr-schedule {self.lr_schedule}",
             )
+
+
+def saved_config_with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved configuration (a checkpoint's, a ``--json`` record's) with the fields it
+    predates filled in with their defaults.
+
+    Every field added since (the airbench family's) defaults to what the recipes did before
+    it existed, so a file written without it ran with that value. Lists (a JSON round trip)
+    come back as tuples, so a saved ``airbench_widths`` equals the default's."""
+    filled = {**TrainConfig().to_dict(), **saved}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in filled.items()}
 
 
 def model_config(

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from train.config import ConfigError
+from train.config import ConfigError, saved_config_with_defaults
 from train.flags import EXIT_DATA, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, Parser, fail
 from train.results import EpochRow, RunResult
 
@@ -79,7 +79,10 @@ class Record:
     runs: list[RunResult]
 
     def recipe(self) -> dict[str, Any]:
-        return {k: v for k, v in self.config.items() if k not in IGNORED_FIELDS}
+        """The fields that decide the numbers; those the file predates at their defaults,
+        which is what its run did (a record kept from an older version still pools)."""
+        filled = saved_config_with_defaults(self.config)
+        return {k: v for k, v in filled.items() if k not in IGNORED_FIELDS}
 
     def arithmetic(self) -> tuple[Any, ...]:
         return tuple(self.environment.get(k) for k in ARITHMETIC)

@@ -79,11 +79,12 @@ previous published row's epochs, with no figure. Assumptions, and how they were 
   bias's rate decays over its own 3 epochs), and no lookahead (airbench94_muon has none).
   ``lr`` goes back to 1.0: Muon's SGD side does not read it (the config refuses another).
   It takes airbench94_muon's head with it: the head weight rescaled to std 1, logits ÷256
-  (÷ the last width, where airbench94 has ×1/9) and PyTorch's default init of the whitening
-  bias. The head's rate (0.67 per step) is set for that head: with airbench94's ×1/9 logits
-  it moves them 28× as far, and the recipe diverges (measured on the CPU, 2026-12-02: on the
-  whole training set the loss was 27 and the accuracy 10% after the first epoch; at width
-  0.5 on 20,000 images, 3 epochs, 10.0% against 69.0% with this head).
+  (÷ the last width, where airbench94 has ×1/9; :func:`preset_config` keeps it ÷ the last
+  width at any ``width``) and PyTorch's default init of the whitening bias. The head's rate
+  (0.67 per step) is set for that head: with airbench94's ×1/9 logits it moves them 28× as
+  far, and the recipe diverges (measured on the CPU, 2026-12-02: on the whole training set
+  the loss was 27 and the accuracy 10% after the first epoch; at width 0.5 on 20,000 images,
+  3 epochs, 10.0% against 69.0% with this head).
 * **sr-net**: the speedrun's network changes: SiLU in the blocks (GELU still after the
   whitening), BN momentum 0.5566 in its convention (PyTorch 0.4434), whitening from 960
   images ("a few hundred" in RECIPE.md; 960 from :meth:`model.airbench.AirbenchConfig.
@@ -382,8 +383,8 @@ _AIRBENCH_STEPS: tuple[
         None,
         None,
         "Muon on the filters + SGD on the rest with the head their rates are set for "
-        "(unit-std, logits /256, default whitening bias init) (airbench94_muon's), linear "
-        "decay, no lookahead",
+        "(unit-std, logits / the last width, default whitening bias init) (airbench94_muon's), "
+        "linear decay, no lookahead",
         {
             "optimizer": "muon",
             "lr": 1.0,
@@ -537,6 +538,9 @@ def preset_config(name: str, /, **overrides: Any) -> TrainConfig:
     explicit warm-up or floor (the baseline's 5 of 24 epochs, the EMA step's 2 of 13) is
     scaled in proportion to the new number of epochs — the seed's own rule when it changed
     the length of training — so that e.g. a 5-epoch CPU run of ``baseline`` still validates.
+    Likewise, a preset with airbench94_muon's head divides its logits by the last block's
+    width whatever ``width`` or ``airbench_widths`` make it (1/128 at ``width=0.5``), as that
+    source does, unless ``output_scale`` itself is overridden.
 
     Raises:
         ConfigError: unknown preset name (the message lists the names), unknown field, or a
@@ -553,7 +557,26 @@ def preset_config(name: str, /, **overrides: Any) -> TrainConfig:
             if key not in overrides and values.get(key) is not None:
                 values[key] = values[key] * overrides["epochs"] / seed_epochs
     values.update(overrides)
-    return TrainConfig().replace(**values)
+    config = TrainConfig().replace(**values)
+    if (
+        "output_scale" not in overrides
+        and config.head_unit_std
+        and _divides_logits_by_last_width(preset)
+    ):
+        last = config.widths_airbench[-1]
+        if config.output_scale != 1 / last:
+            config = config.replace(output_scale=1 / last)
+    return config
+
+
+def _divides_logits_by_last_width(preset: Preset) -> bool:
+    """Whether ``preset`` has airbench94_muon's head: weight rescaled to unit std and logits
+    ÷ the last block's width (its ``output_scale`` is 1 / that width at ``--width 1``)."""
+    values = preset.overrides
+    if values.get("network") != "airbench" or not values.get("head_unit_std"):
+        return False
+    widths = values.get("airbench_widths", TrainConfig.airbench_widths)
+    return values.get("output_scale") == 1 / widths[-1]
 
 
 def diff_configs(a: TrainConfig, b: TrainConfig) -> dict[str, tuple[Any, Any]]:

@@ -18,7 +18,7 @@ from train.checkpoint import (
     run_checkpoint_path,
     runtime_record,
 )
-from train.config import TrainConfig
+from train.config import TrainConfig, saved_config_with_defaults
 from train.runtime import Runtime
 
 #: Configuration fields that do not change the training trajectory, so a resume may
@@ -41,17 +41,6 @@ RESUME_MAY_DIFFER = frozenset(
         "distribute",
     }
 )
-
-
-def _with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
-    """A saved configuration with the fields it predates filled in with their defaults.
-
-    Every field added since (the airbench family's) defaults to what the seed's recipe did
-    before it existed, so a checkpoint written without it ran with that value. Tuples come
-    back from the file as written; lists (a JSON round trip) are compared as tuples."""
-    defaults = TrainConfig().to_dict()
-    filled = {**defaults, **saved}
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in filled.items()}
 
 
 def _differences(
@@ -80,7 +69,8 @@ def check_compatible(
     that change the run (all but :data:`RESUME_MAY_DIFFER`), the resolved device type,
     backend and precision, the data set, and the seed.
     """
-    saved_config, current_config = _with_defaults(checkpoint["config"]), config.to_dict()
+    saved_config = saved_config_with_defaults(checkpoint["config"])
+    current_config = config.to_dict()
     problems = _differences(saved_config, current_config, RESUME_MAY_DIFFER)
     problems += _differences(checkpoint["runtime"], runtime_record(runtime))
     if dict(checkpoint["data"]) != dict(data):
