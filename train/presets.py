@@ -563,9 +563,7 @@ def preset_config(name: str, /, **overrides: Any) -> TrainConfig:
         and config.head_unit_std
         and _divides_logits_by_last_width(preset)
     ):
-        last = config.widths_airbench[-1]
-        if config.output_scale != 1 / last:
-            config = config.replace(output_scale=1 / last)
+        config = config.replace(output_scale=1 / config.widths_airbench[-1])
     return config
 
 
